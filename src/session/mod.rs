@@ -1,0 +1,9 @@
+//! Sessions at run time: the registry of live rooms, each room pairing one agent and one customer,
+//! sequencing their events and keeping the event log that makes resume possible.
+
+mod registry;
+mod room;
+pub mod view;
+
+pub use registry::Registry;
+pub use room::{CloseSpec, ConnHandle, Joined, Room, RoomError, close_code};

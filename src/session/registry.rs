@@ -1,0 +1,146 @@
+//! The live rooms of this node, by session id. A room is created when first needed and dropped
+//! when its last connection leaves or its session ends; its state then lives only in the database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::auth::Role;
+use crate::signaling::protocol::LeaveReason;
+use crate::store::{SessionStatus, Store, now_ms};
+
+use super::room::{ConnHandle, Joined, Room, RoomError};
+use super::view::Presence;
+
+pub struct Registry {
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+    store: Store,
+}
+
+impl Registry {
+    pub fn new(store: Store) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            store,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Room>>> {
+        // A panic while holding this lock cannot leave the map half-changed: recover it.
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn room(&self, id: &str) -> Arc<Room> {
+        self.lock()
+            .entry(id.to_owned())
+            .or_insert_with(|| Arc::new(Room::new(id.to_owned(), self.store.clone())))
+            .clone()
+    }
+
+    /// Runs `f` on the session's room, looking it up again if it was retired meanwhile.
+    async fn with_room<T, F, Fut>(&self, id: &str, f: F) -> Result<T, RoomError>
+    where
+        F: Fn(Arc<Room>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RoomError>>,
+    {
+        loop {
+            match f(self.room(id)).await {
+                Err(RoomError::Retired) => continue,
+                Err(RoomError::NotFound) => {
+                    self.unlist(id, None);
+                    return Err(RoomError::NotFound);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn unlist(&self, id: &str, only: Option<&Arc<Room>>) {
+        let mut rooms = self.lock();
+        if only.is_none_or(|r| rooms.get(id).is_some_and(|cur| Arc::ptr_eq(cur, r))) {
+            rooms.remove(id);
+        }
+    }
+
+    pub async fn join(
+        &self,
+        id: &str,
+        role: Role,
+        conn: ConnHandle,
+        last_seq: Option<i64>,
+    ) -> Result<(Arc<Room>, Joined), RoomError> {
+        self.with_room(id, |room| {
+            let conn = conn.clone();
+            async move {
+                let joined = room.join(role, conn, last_seq).await?;
+                Ok((room, joined))
+            }
+        })
+        .await
+    }
+
+    pub async fn leave(&self, room: &Arc<Room>, role: Role, conn_id: u64, reason: LeaveReason) {
+        if room.leave(role, conn_id, reason).await {
+            self.retire(room).await;
+        }
+    }
+
+    async fn retire(&self, room: &Arc<Room>) {
+        room.retire_if_empty(|| self.unlist(&room.id, Some(room)))
+            .await;
+    }
+
+    /// Closes or expires a session; false if it had already ended.
+    pub async fn end(&self, id: &str, status: SessionStatus, by: &str) -> Result<bool, RoomError> {
+        let ended = self
+            .with_room(id, |room| async move {
+                let ended = room.end(status, by).await?;
+                Ok((room, ended))
+            })
+            .await?;
+        self.retire(&ended.0).await;
+        Ok(ended.1)
+    }
+
+    /// Publishes a durable event into a session's log and to whoever of `to` is connected.
+    pub async fn publish(
+        &self,
+        id: &str,
+        to: &[Role],
+        event: &crate::signaling::protocol::Event,
+    ) -> Result<(), RoomError> {
+        let room = self
+            .with_room(id, |room| async move {
+                room.publish_event(to, event).await?;
+                Ok(room)
+            })
+            .await?;
+        self.retire(&room).await;
+        Ok(())
+    }
+
+    /// Who is connected to a session on this node.
+    pub fn presence(&self, id: &str) -> Presence {
+        self.lock()
+            .get(id)
+            .map(|r| r.presence())
+            .unwrap_or_default()
+    }
+
+    /// Expires every open session whose time is up. Returns how many it expired.
+    pub async fn expire_due(&self) -> Result<usize, RoomError> {
+        let due = self.store.due_expiries(now_ms(), 256).await?;
+        let mut n = 0;
+        for id in due {
+            match self.end(&id, SessionStatus::Expired, "expiry").await {
+                Ok(true) => n += 1,
+                Ok(false) | Err(RoomError::NotFound) => {}
+                Err(e) => tracing::warn!(session = %id, error = %e, "could not expire session"),
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn live_rooms(&self) -> usize {
+        self.lock().len()
+    }
+}

@@ -1,0 +1,397 @@
+//! One session's room: who is connected, the next `seq` of each recipient, and the rule that a
+//! durable event is in the event log before it is sent.
+//!
+//! Everything that changes a room runs under its one async lock, held across the event log's
+//! commit: that makes commit order equal `seq` order, lets a joining connection read the log and
+//! register for live events atomically (so nothing falls between replay and live), and costs
+//! little, since a room only ever serves two people. The lock is per room; rooms never wait on
+//! each other, and the log's group commit lets many rooms share one fsync.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::auth::Role;
+use crate::signaling::protocol::{ClientMsg, Event, LeaveReason};
+use crate::store::{EventRow, SessionRow, SessionStatus, SlotRow, Store, StoreError, now_ms};
+
+use super::view::Presence;
+
+/// WebSocket close codes of the contract.
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const AUTH: u16 = 4001;
+    pub const FORBIDDEN: u16 = 4003;
+    pub const REPLACED: u16 = 4008;
+    pub const SESSION_CLOSED: u16 = 4009;
+    pub const EXPIRED: u16 = 4010;
+    pub const RATE_LIMITED: u16 = 4029;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseSpec {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// What a room holds of a connection: a bounded queue into its writer, and a way to close it.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub id: u64,
+    tx: mpsc::Sender<String>,
+    close: Arc<watch::Sender<Option<CloseSpec>>>,
+}
+
+impl ConnHandle {
+    pub fn new(
+        id: u64,
+        tx: mpsc::Sender<String>,
+        close: Arc<watch::Sender<Option<CloseSpec>>>,
+    ) -> Self {
+        Self { id, tx, close }
+    }
+
+    /// Queues a frame without waiting. A full queue means the client stopped reading: it is closed
+    /// (it will resume from the log when it comes back) rather than slowing its sender.
+    pub fn send(&self, text: String) -> bool {
+        match self.tx.try_send(text) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseSpec {
+                    code: close_code::POLICY,
+                    reason: "too slow: outbound queue full",
+                });
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the connection to close; the first request wins.
+    pub fn close(&self, spec: CloseSpec) {
+        self.close.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some(spec);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    /// The room was taken out of the registry while this caller held it: look it up again.
+    #[error("room retired")]
+    Retired,
+    #[error("session not found")]
+    NotFound,
+    #[error("session {}", .0.as_str())]
+    Ended(SessionStatus),
+    /// The sending connection has been replaced or has left.
+    #[error("connection is no longer the session's participant")]
+    NotCurrent,
+    #[error("the peer is not connected")]
+    PeerAbsent,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a joining connection is told first: its welcome and the events it missed.
+pub struct Joined {
+    pub session: SessionRow,
+    pub slots: Vec<SlotRow>,
+    pub peer_present: bool,
+    pub last_seq: i64,
+    pub resumed: bool,
+    /// Bodies of the missed durable events, in seq order, sent right after the welcome.
+    pub replay: Vec<String>,
+}
+
+#[derive(Default)]
+struct RoomState {
+    loaded: bool,
+    retired: bool,
+    ended: Option<SessionStatus>,
+    expires_at: i64,
+    /// The last seq issued to each role (indexed by `Role::index`).
+    seq: [i64; 2],
+    conns: [Option<ConnHandle>; 2],
+}
+
+pub struct Room {
+    pub id: String,
+    store: Store,
+    state: Mutex<RoomState>,
+    present: [AtomicBool; 2],
+}
+
+impl Room {
+    pub(super) fn new(id: String, store: Store) -> Self {
+        Self {
+            id,
+            store,
+            state: Mutex::new(RoomState::default()),
+            present: [AtomicBool::new(false), AtomicBool::new(false)],
+        }
+    }
+
+    pub fn presence(&self) -> Presence {
+        Presence {
+            agent: self.present[Role::Agent.index()].load(Ordering::Relaxed),
+            customer: self.present[Role::Customer.index()].load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reads what the room needs from the database the first time it is used (also after a restart:
+    /// the seq counters continue from the log).
+    async fn ensure_loaded(&self, st: &mut RoomState) -> Result<(), RoomError> {
+        if st.retired {
+            return Err(RoomError::Retired);
+        }
+        if !st.loaded {
+            let session = self
+                .store
+                .get_session(&self.id)
+                .await?
+                .ok_or(RoomError::NotFound)?;
+            let (agent, customer) = self.store.last_seqs(&self.id).await?;
+            st.seq = [agent, customer];
+            st.expires_at = session.expires_at;
+            if !session.status.is_open() {
+                st.ended = Some(session.status);
+            }
+            st.loaded = true;
+        }
+        Ok(())
+    }
+
+    fn check_open(&self, st: &RoomState) -> Result<(), RoomError> {
+        match st.ended {
+            Some(s) => Err(RoomError::Ended(s)),
+            None if now_ms() >= st.expires_at => Err(RoomError::Ended(SessionStatus::Expired)),
+            None => Ok(()),
+        }
+    }
+
+    /// Logs a durable event for each recipient, then queues it to those connected.
+    async fn publish(
+        &self,
+        st: &mut RoomState,
+        to: &[Role],
+        event: &Event,
+    ) -> Result<(), RoomError> {
+        debug_assert!(event.is_durable());
+        let now = now_ms();
+        let rows: Vec<EventRow> = to
+            .iter()
+            .map(|r| {
+                let seq = st.seq[r.index()] + 1;
+                EventRow {
+                    session_id: self.id.clone(),
+                    role: r.as_str(),
+                    seq,
+                    kind: event.kind(),
+                    body: event.to_text(seq),
+                    created_at: now,
+                }
+            })
+            .collect();
+        self.store.appender().append(rows.clone()).await?;
+        for (role, row) in to.iter().zip(rows) {
+            st.seq[role.index()] = row.seq;
+            if let Some(conn) = &st.conns[role.index()] {
+                conn.send(row.body);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a durable event from outside the WebSocket (REST, captures, expiry).
+    pub async fn publish_event(&self, to: &[Role], event: &Event) -> Result<(), RoomError> {
+        let mut st = self.state.lock().await;
+        self.ensure_loaded(&mut st).await?;
+        self.publish(&mut st, to, event).await
+    }
+
+    /// Makes `conn` the session's `role`, replacing an older connection of that role (4008).
+    pub async fn join(
+        &self,
+        role: Role,
+        conn: ConnHandle,
+        last_seq: Option<i64>,
+    ) -> Result<Joined, RoomError> {
+        let mut st = self.state.lock().await;
+        self.ensure_loaded(&mut st).await?;
+        self.check_open(&st)?;
+        let mut session = self
+            .store
+            .get_session(&self.id)
+            .await?
+            .ok_or(RoomError::NotFound)?;
+        if session.status == SessionStatus::Created {
+            let now = now_ms();
+            if self.store.mark_active(&self.id, now).await? {
+                session.status = SessionStatus::Active;
+                session.started_at = Some(now);
+            }
+        }
+
+        let peer = role.peer();
+        let replaced = st.conns[role.index()].replace(conn);
+        self.present[role.index()].store(true, Ordering::Relaxed);
+        if let Some(old) = &replaced {
+            old.close(CloseSpec {
+                code: close_code::REPLACED,
+                reason: "replaced by a newer connection",
+            });
+        }
+        let announced = async {
+            if replaced.is_some() {
+                let left = Event::PeerLeft {
+                    role,
+                    reason: LeaveReason::Replaced,
+                };
+                self.publish(&mut st, &[peer], &left).await?;
+            }
+            self.publish(&mut st, &[peer], &Event::PeerJoined { role })
+                .await
+        }
+        .await;
+        if let Err(e) = announced {
+            st.conns[role.index()] = None;
+            self.present[role.index()].store(false, Ordering::Relaxed);
+            return Err(e);
+        }
+
+        let current = st.seq[role.index()];
+        let (resumed, replay) = match last_seq {
+            Some(n) if (0..=current).contains(&n) => {
+                let rows = self
+                    .store
+                    .events_between(&self.id, role.as_str(), n, current)
+                    .await?;
+                (true, rows.into_iter().map(|(_, body)| body).collect())
+            }
+            _ => (false, Vec::new()),
+        };
+        let slots = self.store.slots(&self.id).await?;
+        Ok(Joined {
+            session,
+            slots,
+            peer_present: st.conns[peer.index()].is_some(),
+            last_seq: current,
+            resumed,
+            replay,
+        })
+    }
+
+    /// The connection `conn_id` of `role` is gone. Returns true when the room is now empty.
+    pub async fn leave(&self, role: Role, conn_id: u64, reason: LeaveReason) -> bool {
+        let mut st = self.state.lock().await;
+        if st.conns[role.index()].as_ref().map(|c| c.id) == Some(conn_id) {
+            st.conns[role.index()] = None;
+            self.present[role.index()].store(false, Ordering::Relaxed);
+            if st.ended.is_none() {
+                let left = Event::PeerLeft { role, reason };
+                if let Err(e) = self.publish(&mut st, &[role.peer()], &left).await {
+                    tracing::warn!(error = %e, "could not log peer.left");
+                }
+            }
+        }
+        st.conns.iter().all(Option::is_none)
+    }
+
+    /// Routes a message from the participant `conn_id`: `signal` live only (it takes a seq only if
+    /// the peer is there to receive it), everything else through the log.
+    pub async fn relay(&self, from: Role, conn_id: u64, msg: ClientMsg) -> Result<(), RoomError> {
+        let Some(event) = Event::relayed(from, msg) else {
+            return Ok(());
+        };
+        let mut st = self.state.lock().await;
+        if st.conns[from.index()].as_ref().map(|c| c.id) != Some(conn_id) {
+            return Err(RoomError::NotCurrent);
+        }
+        self.check_open(&st)?;
+        let peer = from.peer().index();
+        if event.is_durable() {
+            return self.publish(&mut st, &[from.peer()], &event).await;
+        }
+        let Some(conn) = st.conns[peer].clone() else {
+            return Err(RoomError::PeerAbsent);
+        };
+        st.seq[peer] += 1;
+        conn.send(event.to_text(st.seq[peer]));
+        Ok(())
+    }
+
+    /// Ends the session (`closed` or `expired`): both roles are sent `session.closed`, then their
+    /// connections are closed with 4009 or 4010. Returns false if it had already ended.
+    pub async fn end(&self, status: SessionStatus, by: &str) -> Result<bool, RoomError> {
+        let mut st = self.state.lock().await;
+        self.ensure_loaded(&mut st).await?;
+        if st.ended.is_some() {
+            return Ok(false);
+        }
+        let ended_now = self
+            .store
+            .end_session(&self.id, status, now_ms(), by)
+            .await?;
+        if !ended_now {
+            // Ended elsewhere (another node, or the sweeper racing a REST call): take the stored state.
+            let stored = self
+                .store
+                .get_session(&self.id)
+                .await?
+                .ok_or(RoomError::NotFound)?;
+            st.ended = Some(stored.status);
+            return Ok(false);
+        }
+        let reason = if status == SessionStatus::Expired {
+            "expired"
+        } else {
+            "closed"
+        };
+        let event = Event::SessionClosed {
+            reason,
+            by: by.to_owned(),
+        };
+        self.publish(&mut st, &Role::BOTH, &event).await?;
+        st.ended = Some(status);
+        let spec = if status == SessionStatus::Expired {
+            CloseSpec {
+                code: close_code::EXPIRED,
+                reason: "session expired",
+            }
+        } else {
+            CloseSpec {
+                code: close_code::SESSION_CLOSED,
+                reason: "session closed",
+            }
+        };
+        for (i, slot) in st.conns.iter_mut().enumerate() {
+            if let Some(conn) = slot.take() {
+                conn.close(spec);
+            }
+            self.present[i].store(false, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    /// Marks the room retired if nobody is connected, running `unlist` (its removal from the
+    /// registry) under the room's lock, so no caller can find it retired and still listed.
+    pub(super) async fn retire_if_empty(&self, unlist: impl FnOnce()) {
+        let mut st = self.state.lock().await;
+        if st.conns.iter().all(Option::is_none) && !st.retired {
+            st.retired = true;
+            unlist();
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! One WebSocket connection: a writer task that owns the sink (fed by a bounded queue, sending the
+//! heartbeat pings) and a reader loop that checks, rate-limits and routes what the client sends.
+//! When either ends the other is told, and the room learns the participant left.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::session::view::{Presence, SessionView};
+use crate::session::{CloseSpec, ConnHandle, Joined, Room, RoomError, close_code};
+use crate::store::{SessionStatus, StoreError, now_ms};
+
+use super::protocol::{self, ClientMsg, LeaveReason, ProtocolError};
+use super::ratelimit::{RateLimiter, Verdict};
+
+/// Refused messages (malformed, unknown, forbidden) a connection may send in one minute before it
+/// is closed with 4003.
+const MAX_VIOLATIONS_PER_MINUTE: u32 = 30;
+/// How long a close frame may take to go out before the socket is simply dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+pub async fn run(
+    socket: WebSocket,
+    state: AppState,
+    session_id: String,
+    role: Role,
+    last_seq: Option<i64>,
+) {
+    let conn_id = state.next_conn_id();
+    let span = tracing::info_span!("ws", session = %session_id, role = %role, conn = conn_id);
+    serve(socket, state, session_id, role, last_seq, conn_id)
+        .instrument(span)
+        .await;
+}
+
+async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    session_id: String,
+    role: Role,
+    last_seq: Option<i64>,
+    conn_id: u64,
+) {
+    let (tx, rx) = mpsc::channel(state.settings.ws_queue);
+    let (close_tx, close_rx) = watch::channel(None);
+    let handle = ConnHandle::new(conn_id, tx, Arc::new(close_tx));
+    let (sink, stream) = socket.split();
+
+    let (room, joined) = match state
+        .registry
+        .join(&session_id, role, handle.clone(), last_seq)
+        .await
+    {
+        Ok(j) => j,
+        Err(e) => {
+            let spec = match e {
+                RoomError::Ended(SessionStatus::Expired) => CloseSpec {
+                    code: close_code::EXPIRED,
+                    reason: "session expired",
+                },
+                RoomError::Ended(_) => CloseSpec {
+                    code: close_code::SESSION_CLOSED,
+                    reason: "session closed",
+                },
+                RoomError::NotFound => CloseSpec {
+                    code: close_code::AUTH,
+                    reason: "unknown session",
+                },
+                other => {
+                    tracing::error!(error = %other, "join failed");
+                    CloseSpec {
+                        code: close_code::INTERNAL,
+                        reason: "internal error",
+                    }
+                }
+            };
+            let mut sink = sink;
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
+            return;
+        }
+    };
+    tracing::info!(
+        resumed = joined.resumed,
+        last_seq = joined.last_seq,
+        replayed = joined.replay.len(),
+        "joined"
+    );
+
+    let mut initial = Vec::with_capacity(joined.replay.len() + 1);
+    initial.push(welcome(&state, role, &joined, room.presence()));
+    initial.extend(joined.replay);
+    let heartbeat = state.settings.heartbeat();
+    let writer = tokio::spawn(
+        write_loop(
+            sink,
+            rx,
+            close_rx.clone(),
+            initial,
+            heartbeat,
+            state.shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+
+    let mut reader = Reader {
+        state: &state,
+        room: &room,
+        handle: &handle,
+        session_id: &session_id,
+        role,
+        limiter: RateLimiter::new(state.settings.ws_rate, state.settings.ws_burst),
+        violations: 0,
+        window_start: Instant::now(),
+    };
+    let left = reader.read_loop(stream, close_rx, heartbeat).await;
+    if let Some(reason) = left {
+        state.registry.leave(&room, role, conn_id, reason).await;
+        tracing::info!(reason = ?reason, "left");
+    }
+    handle.close(CloseSpec {
+        code: close_code::NORMAL,
+        reason: "",
+    });
+    let _ = writer.await;
+}
+
+/// The first message of every connection: who and where the client is, and the full state.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename = "welcome")]
+struct Welcome<'a> {
+    session: SessionView,
+    role: Role,
+    peer_present: bool,
+    ice_servers: Vec<super::ice::IceServer>,
+    last_seq: i64,
+    resumed: bool,
+    captures: Vec<Value>,
+    checklist: &'a [crate::store::SlotRow],
+}
+
+fn welcome(state: &AppState, role: Role, j: &Joined, presence: Presence) -> String {
+    let now = now_ms();
+    let w = Welcome {
+        session: SessionView::new(&j.session, j.slots.clone(), presence, now),
+        role,
+        peer_present: j.peer_present,
+        ice_servers: state.ice.servers(&j.session.id, u64::try_from(now / 1000).unwrap_or(0)),
+        last_seq: j.last_seq,
+        resumed: j.resumed,
+        captures: Vec::new(),
+        checklist: &j.slots,
+    };
+    serde_json::to_string(&w).expect("welcome serializes")
+}
+
+fn close_message(spec: CloseSpec) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: spec.code,
+        reason: spec.reason.into(),
+    }))
+}
+
+struct Reader<'a> {
+    state: &'a AppState,
+    room: &'a Arc<Room>,
+    handle: &'a ConnHandle,
+    session_id: &'a str,
+    role: Role,
+    limiter: RateLimiter,
+    violations: u32,
+    window_start: Instant,
+}
+
+impl Reader<'_> {
+    /// Reads until the connection ends. Returns why the participant left, or None when the server
+    /// is shutting down (the participant did not leave; it will reconnect).
+    async fn read_loop(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut close_rx: watch::Receiver<Option<CloseSpec>>,
+        heartbeat: Duration,
+    ) -> Option<LeaveReason> {
+        let mut deadline = Instant::now() + heartbeat * 2;
+        loop {
+            tokio::select! {
+                biased;
+                _ = close_rx.changed() => {
+                    let spec = *close_rx.borrow();
+                    tracing::debug!(?spec, "closing");
+                    return Some(LeaveReason::Closed);
+                }
+                _ = self.state.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!("heartbeat timeout");
+                    self.handle.close(CloseSpec { code: close_code::GOING_AWAY, reason: "heartbeat timeout" });
+                    return Some(LeaveReason::Timeout);
+                }
+                frame = stream.next() => {
+                    let msg = match frame {
+                        None => return Some(LeaveReason::Closed),
+                        Some(Err(e)) => {
+                            if is_too_big(e) {
+                                self.handle.close(CloseSpec { code: close_code::TOO_BIG, reason: "message larger than 64 KiB" });
+                            }
+                            return Some(LeaveReason::Closed);
+                        }
+                        Some(Ok(m)) => m,
+                    };
+                    deadline = Instant::now() + heartbeat * 2;
+                    match msg {
+                        Message::Text(text) => {
+                            if let Some(spec) = self.on_text(text.as_str()).await {
+                                self.handle.close(spec);
+                                return Some(LeaveReason::Closed);
+                            }
+                        }
+                        Message::Binary(_) => {
+                            self.handle.close(CloseSpec { code: close_code::UNSUPPORTED_DATA, reason: "binary frames are not accepted" });
+                            return Some(LeaveReason::Closed);
+                        }
+                        Message::Ping(_) | Message::Pong(_) => {}
+                        Message::Close(_) => return Some(LeaveReason::Closed),
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply(&self, text: String) {
+        self.handle.send(text);
+    }
+
+    fn refuse(&self, e: &ProtocolError) {
+        self.reply(protocol::error(e));
+    }
+
+    /// Counts a refused message; Some(close) when there have been too many.
+    fn violation(&mut self) -> Option<CloseSpec> {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) > Duration::from_secs(60) {
+            self.window_start = now;
+            self.violations = 0;
+        }
+        self.violations += 1;
+        (self.violations > MAX_VIOLATIONS_PER_MINUTE).then_some(CloseSpec {
+            code: close_code::FORBIDDEN,
+            reason: "too many refused messages",
+        })
+    }
+
+    /// Handles one text frame. Returns Some(close) when the connection must end.
+    async fn on_text(&mut self, text: &str) -> Option<CloseSpec> {
+        match self.limiter.check(std::time::Instant::now()) {
+            Verdict::Allow => {}
+            Verdict::Refuse => {
+                let id = protocol::parse(text).ok().and_then(|i| i.id);
+                self.refuse(&ProtocolError {
+                    code: "rate_limited",
+                    message: "too many messages; slow down".into(),
+                    id,
+                });
+                return None;
+            }
+            Verdict::Close => {
+                return Some(CloseSpec {
+                    code: close_code::RATE_LIMITED,
+                    reason: "rate limit exceeded",
+                });
+            }
+        }
+        let incoming = match protocol::parse(text) {
+            Ok(i) => i,
+            Err(e) => {
+                self.refuse(&e);
+                return self.violation();
+            }
+        };
+        let id = incoming.id;
+        if !incoming.msg.allowed_from(self.role) {
+            self.refuse(&ProtocolError {
+                code: "forbidden",
+                message: format!("a {} may not send `{}`", self.role, incoming.msg.kind()),
+                id,
+            });
+            return self.violation();
+        }
+        let outcome = match incoming.msg {
+            ClientMsg::Ping { t } => {
+                if let Some(id) = &id {
+                    self.reply(protocol::ack(id));
+                }
+                self.reply(protocol::pong(&t));
+                return None;
+            }
+            ClientMsg::SessionClose => self
+                .state
+                .registry
+                .end(self.session_id, SessionStatus::Closed, "agent")
+                .await
+                .map(|_| ()),
+            msg => self.room.relay(self.role, self.handle.id, msg).await,
+        };
+        match outcome {
+            Ok(()) => {
+                if let Some(id) = &id {
+                    self.reply(protocol::ack(id));
+                }
+            }
+            Err(e) => {
+                let (code, message) = match &e {
+                    RoomError::PeerAbsent => (
+                        "peer_absent",
+                        "the peer is not connected; nothing was relayed".to_owned(),
+                    ),
+                    RoomError::Ended(SessionStatus::Expired) => {
+                        ("session_expired", "the session has expired".to_owned())
+                    }
+                    RoomError::Ended(_) => ("session_closed", "the session is closed".to_owned()),
+                    RoomError::NotCurrent => (
+                        "replaced",
+                        "this connection was replaced by a newer one".to_owned(),
+                    ),
+                    RoomError::Store(StoreError::Busy(_)) => {
+                        ("unavailable", "the service is busy; send again".to_owned())
+                    }
+                    other => {
+                        tracing::error!(error = %other, "routing failed");
+                        ("internal", "the message could not be routed".to_owned())
+                    }
+                };
+                self.refuse(&ProtocolError { code, message, id });
+            }
+        }
+        None
+    }
+}
+
+/// Is this read error the 64 KiB limit?
+fn is_too_big(e: axum::Error) -> bool {
+    let inner = e.into_inner();
+    matches!(
+        inner.downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<String>,
+    mut close_rx: watch::Receiver<Option<CloseSpec>>,
+    initial: Vec<String>,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+) {
+    enum Next {
+        Frame(Message),
+        Close(CloseSpec),
+    }
+    let going_away = CloseSpec {
+        code: close_code::GOING_AWAY,
+        reason: "server shutting down",
+    };
+    let mut initial = initial.into_iter();
+    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    loop {
+        let requested = *close_rx.borrow_and_update();
+        if let Some(spec) = requested {
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
+            break;
+        }
+        let next = match initial.next() {
+            Some(text) => Next::Frame(Message::Text(text.into())),
+            None => tokio::select! {
+                biased;
+                changed = close_rx.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => break,
+                },
+                _ = shutdown.cancelled() => Next::Close(going_away),
+                m = rx.recv() => match m {
+                    Some(text) => Next::Frame(Message::Text(text.into())),
+                    None => break,
+                },
+                _ = ping.tick() => Next::Frame(Message::Ping(Default::default())),
+            },
+        };
+        match next {
+            Next::Frame(m) => {
+                // A client that stops reading blocks this send; a close request must still win.
+                tokio::select! {
+                    sent = sink.send(m) => if sent.is_err() { break },
+                    _ = close_rx.changed() => continue,
+                    _ = shutdown.cancelled() => {
+                        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(going_away))).await;
+                        break;
+                    }
+                }
+            }
+            Next::Close(spec) => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
+                break;
+            }
+        }
+    }
+}

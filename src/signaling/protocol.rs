@@ -1,0 +1,577 @@
+//! The WebSocket messages: what clients may send (parsed and validated here, before anything is
+//! routed) and what the server sends. Field names and type strings are the public contract.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::auth::Role;
+use crate::vocabulary::{is_angle, is_area, is_hint};
+
+/// A text frame's largest allowed size.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub const MAX_GUIDE_TEXT: usize = 500;
+pub const MAX_CHAT_TEXT: usize = 2000;
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// A client message with its optional `id` (echoed in `ack` and `error.ref`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub id: Option<Value>,
+    pub msg: ClientMsg,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMsg {
+    Signal {
+        data: Value,
+    },
+    Guide(Guide),
+    CaptureRequest(CaptureRequest),
+    Camera(Camera),
+    Chat {
+        text: String,
+    },
+    Ping {
+        t: Value,
+    },
+    /// Extension: the agent ends the session from the console (same as `POST …/close`).
+    SessionClose,
+}
+
+impl ClientMsg {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMsg::Signal { .. } => "signal",
+            ClientMsg::Guide(_) => "guide",
+            ClientMsg::CaptureRequest(_) => "capture.request",
+            ClientMsg::Camera(_) => "camera",
+            ClientMsg::Chat { .. } => "chat",
+            ClientMsg::Ping { .. } => "ping",
+            ClientMsg::SessionClose => "session.close",
+        }
+    }
+
+    /// The sender rule: which role may send this message.
+    pub fn allowed_from(&self, role: Role) -> bool {
+        match self {
+            ClientMsg::Guide(_)
+            | ClientMsg::CaptureRequest(_)
+            | ClientMsg::Camera(_)
+            | ClientMsg::SessionClose => role == Role::Agent,
+            ClientMsg::Signal { .. } | ClientMsg::Chat { .. } | ClientMsg::Ping { .. } => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GuideBox {
+    pub x: f64,
+    pub y: f64,
+    pub w: f64,
+    pub h: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub area: String,
+    pub angle: String,
+}
+
+/// Framing guidance; every field optional, `{}` clears the overlay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Guide {
+    #[serde(rename = "box", default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<GuideBox>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureRequest {
+    pub request_id: String,
+    pub area: String,
+    pub angle: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Facing {
+    Environment,
+    User,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Camera {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoom: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facing: Option<Facing>,
+}
+
+/// Why a client message was refused; sent as `{"type":"error","code","message","ref"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtocolError {
+    pub code: &'static str,
+    pub message: String,
+    pub id: Option<Value>,
+}
+
+impl ProtocolError {
+    fn new(code: &'static str, message: impl Into<String>, id: Option<Value>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            id,
+        }
+    }
+}
+
+fn fields<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, String> {
+    serde_json::from_value::<T>(v).map_err(|e| e.to_string())
+}
+
+/// Parses and validates one text frame.
+pub fn parse(text: &str) -> Result<Incoming, ProtocolError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ProtocolError::new("malformed", format!("not valid JSON: {e}"), None))?;
+    let Value::Object(mut obj) = value else {
+        return Err(ProtocolError::new(
+            "malformed",
+            "a message must be a JSON object",
+            None,
+        ));
+    };
+    let id = obj.remove("id").filter(|v| !v.is_null());
+    if id
+        .as_ref()
+        .is_some_and(|v| !(v.is_string() || v.is_number()))
+    {
+        return Err(ProtocolError::new(
+            "malformed",
+            "`id` must be a string or a number",
+            None,
+        ));
+    }
+    let kind = match obj.remove("type") {
+        Some(Value::String(s)) => s,
+        _ => {
+            return Err(ProtocolError::new(
+                "malformed",
+                "missing string field `type`",
+                id,
+            ));
+        }
+    };
+    let invalid = |m: String| ProtocolError::new("invalid_message", m, id.clone());
+    let rest = Value::Object(obj);
+    let msg = match kind.as_str() {
+        "signal" => {
+            #[derive(Deserialize)]
+            struct S {
+                data: Value,
+            }
+            let s: S = fields(rest).map_err(invalid)?;
+            if s.data.is_null() {
+                return Err(invalid("`data` is required".into()));
+            }
+            ClientMsg::Signal { data: s.data }
+        }
+        "guide" => {
+            let g: Guide = fields(rest).map_err(invalid)?;
+            validate_guide(&g).map_err(invalid)?;
+            ClientMsg::Guide(g)
+        }
+        "capture.request" => {
+            let r: CaptureRequest = fields(rest).map_err(invalid)?;
+            if r.request_id.is_empty() || r.request_id.len() > MAX_REQUEST_ID {
+                return Err(invalid(format!(
+                    "`request_id` must be 1 to {MAX_REQUEST_ID} characters"
+                )));
+            }
+            check_target(&r.area, &r.angle).map_err(invalid)?;
+            ClientMsg::CaptureRequest(r)
+        }
+        "camera" => {
+            let c: Camera = fields(rest).map_err(invalid)?;
+            if let Some(z) = c.zoom
+                && !(z.is_finite() && z > 0.0 && z <= 100.0)
+            {
+                return Err(invalid("`zoom` must be a number in (0, 100]".into()));
+            }
+            if c == Camera::default() {
+                return Err(invalid("`camera` needs `torch`, `zoom` or `facing`".into()));
+            }
+            ClientMsg::Camera(c)
+        }
+        "chat" => {
+            #[derive(Deserialize)]
+            struct C {
+                text: String,
+            }
+            let c: C = fields(rest).map_err(invalid)?;
+            let n = c.text.chars().count();
+            if c.text.trim().is_empty() || n > MAX_CHAT_TEXT {
+                return Err(invalid(format!(
+                    "`text` must be 1 to {MAX_CHAT_TEXT} characters"
+                )));
+            }
+            ClientMsg::Chat { text: c.text }
+        }
+        "ping" => {
+            let t = match rest {
+                Value::Object(mut o) => o.remove("t").unwrap_or(Value::Null),
+                _ => Value::Null,
+            };
+            ClientMsg::Ping { t }
+        }
+        "session.close" => ClientMsg::SessionClose,
+        other => {
+            return Err(ProtocolError::new(
+                "unknown_type",
+                format!(
+                    "unknown message type `{}`",
+                    other.chars().take(64).collect::<String>()
+                ),
+                id,
+            ));
+        }
+    };
+    Ok(Incoming { id, msg })
+}
+
+fn check_target(area: &str, angle: &str) -> Result<(), String> {
+    if !is_area(area) {
+        return Err(format!("unknown area `{area}`"));
+    }
+    if !is_angle(angle) {
+        return Err(format!("unknown angle `{angle}`"));
+    }
+    Ok(())
+}
+
+fn validate_guide(g: &Guide) -> Result<(), String> {
+    if let Some(b) = g.frame {
+        let unit = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
+        if !(unit(b.x) && unit(b.y) && unit(b.w) && unit(b.h)) {
+            return Err("`box` values must be fractions of the frame, 0 to 1".into());
+        }
+        if b.w <= 0.0 || b.h <= 0.0 || b.x + b.w > 1.0 + 1e-9 || b.y + b.h > 1.0 + 1e-9 {
+            return Err("`box` must have a size and lie within the frame".into());
+        }
+    }
+    if let Some(h) = &g.hint
+        && !is_hint(h)
+    {
+        return Err(format!("unknown hint `{h}`"));
+    }
+    if let Some(t) = &g.text
+        && t.chars().count() > MAX_GUIDE_TEXT
+    {
+        return Err(format!("`text` is longer than {MAX_GUIDE_TEXT} characters"));
+    }
+    if let Some(t) = &g.target {
+        check_target(&t.area, &t.angle)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    Closed,
+    Timeout,
+    Replaced,
+}
+
+/// Events a recipient is sent with a `seq`. All but `Signal` are durable: logged before sent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    #[serde(rename = "signal")]
+    Signal { from: Role, data: Value },
+    #[serde(rename = "guide")]
+    Guide {
+        from: Role,
+        #[serde(flatten)]
+        guide: Guide,
+    },
+    #[serde(rename = "capture.request")]
+    CaptureRequest {
+        from: Role,
+        #[serde(flatten)]
+        request: CaptureRequest,
+    },
+    #[serde(rename = "camera")]
+    Camera {
+        from: Role,
+        #[serde(flatten)]
+        camera: Camera,
+    },
+    #[serde(rename = "chat")]
+    Chat { from: Role, text: String },
+    #[serde(rename = "peer.joined")]
+    PeerJoined { role: Role },
+    #[serde(rename = "peer.left")]
+    PeerLeft { role: Role, reason: LeaveReason },
+    #[serde(rename = "session.closed")]
+    SessionClosed {
+        /// `closed` (by the claims system or the agent) or `expired`.
+        reason: &'static str,
+        by: String,
+    },
+}
+
+impl Event {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Signal { .. } => "signal",
+            Event::Guide { .. } => "guide",
+            Event::CaptureRequest { .. } => "capture.request",
+            Event::Camera { .. } => "camera",
+            Event::Chat { .. } => "chat",
+            Event::PeerJoined { .. } => "peer.joined",
+            Event::PeerLeft { .. } => "peer.left",
+            Event::SessionClosed { .. } => "session.closed",
+        }
+    }
+
+    pub fn is_durable(&self) -> bool {
+        !matches!(self, Event::Signal { .. })
+    }
+
+    /// The event a relayed client message becomes, as the peer sees it.
+    pub fn relayed(from: Role, msg: ClientMsg) -> Option<Event> {
+        Some(match msg {
+            ClientMsg::Signal { data } => Event::Signal { from, data },
+            ClientMsg::Guide(guide) => Event::Guide { from, guide },
+            ClientMsg::CaptureRequest(request) => Event::CaptureRequest { from, request },
+            ClientMsg::Camera(camera) => Event::Camera { from, camera },
+            ClientMsg::Chat { text } => Event::Chat { from, text },
+            ClientMsg::Ping { .. } | ClientMsg::SessionClose => return None,
+        })
+    }
+
+    /// The JSON text sent to a recipient: the event with its `seq`.
+    pub fn to_text(&self, seq: i64) -> String {
+        #[derive(Serialize)]
+        struct Sequenced<'a> {
+            seq: i64,
+            #[serde(flatten)]
+            event: &'a Event,
+        }
+        serde_json::to_string(&Sequenced { seq, event: self }).expect("events serialize")
+    }
+}
+
+/// Replies that carry no `seq`; `type` comes first for whoever reads them by eye.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Reply<'a> {
+    Ack {
+        id: &'a Value,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Value>,
+    },
+    Pong {
+        t: &'a Value,
+    },
+}
+
+fn reply(r: &Reply<'_>) -> String {
+    serde_json::to_string(r).expect("replies serialize")
+}
+
+pub fn ack(id: &Value) -> String {
+    reply(&Reply::Ack { id })
+}
+
+pub fn error(e: &ProtocolError) -> String {
+    reply(&Reply::Error {
+        code: e.code,
+        message: &e.message,
+        reference: e.id.as_ref(),
+    })
+}
+
+pub fn pong(t: &Value) -> String {
+    reply(&Reply::Pong { t })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip(v: Value) -> Incoming {
+        parse(&v.to_string()).unwrap_or_else(|e| panic!("{v}: {e:?}"))
+    }
+
+    #[test]
+    fn every_client_message_parses() {
+        let i = round_trip(json!({"type":"signal","id":7,"data":{"sdp":"v=0"}}));
+        assert_eq!(i.id, Some(json!(7)));
+        assert_eq!(
+            i.msg,
+            ClientMsg::Signal {
+                data: json!({"sdp":"v=0"})
+            }
+        );
+        let i = round_trip(
+            json!({"type":"guide","box":{"x":0.1,"y":0.2,"w":0.5,"h":0.5},
+            "hint":"closer","text":"a bit more","target":{"area":"hood","angle":"close_up"}}),
+        );
+        let ClientMsg::Guide(g) = i.msg else { panic!() };
+        assert_eq!(g.hint.as_deref(), Some("closer"));
+        assert_eq!(g.frame.unwrap().w, 0.5);
+        assert_eq!(
+            round_trip(json!({"type":"guide"})).msg,
+            ClientMsg::Guide(Guide::default())
+        );
+        let i = round_trip(json!({"type":"capture.request","id":"c1","request_id":"r1",
+            "area":"front_bumper","angle":"front","slot_id":"slot_1"}));
+        assert!(
+            matches!(i.msg, ClientMsg::CaptureRequest(ref r) if r.slot_id.as_deref() == Some("slot_1"))
+        );
+        let i = round_trip(json!({"type":"camera","torch":true,"zoom":2.0,"facing":"environment"}));
+        assert_eq!(
+            i.msg,
+            ClientMsg::Camera(Camera {
+                torch: Some(true),
+                zoom: Some(2.0),
+                facing: Some(Facing::Environment)
+            })
+        );
+        assert_eq!(
+            round_trip(json!({"type":"chat","text":"你好"})).msg,
+            ClientMsg::Chat {
+                text: "你好".into()
+            }
+        );
+        assert_eq!(
+            round_trip(json!({"type":"ping","t":123})).msg,
+            ClientMsg::Ping { t: json!(123) }
+        );
+        assert_eq!(
+            round_trip(json!({"type":"session.close"})).msg,
+            ClientMsg::SessionClose
+        );
+    }
+
+    #[test]
+    fn refusals_have_stable_codes_and_keep_the_id() {
+        assert_eq!(parse("{not json").unwrap_err().code, "malformed");
+        assert_eq!(parse("[1,2]").unwrap_err().code, "malformed");
+        assert_eq!(parse(r#"{"id":1}"#).unwrap_err().code, "malformed");
+        let e = parse(r#"{"type":"teleport","id":"x"}"#).unwrap_err();
+        assert_eq!((e.code, e.id), ("unknown_type", Some(json!("x"))));
+        let bad = [
+            json!({"type":"guide","id":1,"hint":"sideways"}),
+            json!({"type":"guide","id":1,"box":{"x":0.8,"y":0,"w":0.5,"h":0.1}}),
+            json!({"type":"guide","id":1,"box":{"x":0,"y":0,"w":0,"h":0.1}}),
+            json!({"type":"guide","id":1,"text":"x".repeat(501)}),
+            json!({"type":"guide","id":1,"target":{"area":"wing","angle":"front"}}),
+            json!({"type":"capture.request","id":1,"request_id":"r","area":"hood","angle":"sideways"}),
+            json!({"type":"capture.request","id":1,"request_id":"","area":"hood","angle":"front"}),
+            json!({"type":"camera","id":1}),
+            json!({"type":"camera","id":1,"zoom":-1}),
+            json!({"type":"camera","id":1,"facing":"up"}),
+            json!({"type":"chat","id":1,"text":""}),
+            json!({"type":"chat","id":1,"text":"x".repeat(2001)}),
+            json!({"type":"signal","id":1}),
+        ];
+        for b in bad {
+            let e = parse(&b.to_string()).unwrap_err();
+            assert_eq!(
+                (e.code, e.id.clone()),
+                ("invalid_message", Some(json!(1))),
+                "{b}"
+            );
+        }
+        assert!(parse(&json!({"type":"guide","text":"字".repeat(500)}).to_string()).is_ok());
+    }
+
+    #[test]
+    fn sender_rules() {
+        let agent_only = ["guide", "capture.request", "camera", "session.close"];
+        let samples = [
+            json!({"type":"signal","data":"x"}),
+            json!({"type":"guide"}),
+            json!({"type":"capture.request","request_id":"r","area":"hood","angle":"front"}),
+            json!({"type":"camera","torch":false}),
+            json!({"type":"chat","text":"hi"}),
+            json!({"type":"ping"}),
+            json!({"type":"session.close"}),
+        ];
+        for s in samples {
+            let m = parse(&s.to_string()).unwrap().msg;
+            assert!(m.allowed_from(Role::Agent));
+            assert_eq!(
+                m.allowed_from(Role::Customer),
+                !agent_only.contains(&m.kind()),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn events_serialize_with_seq_and_from() {
+        let e = Event::relayed(
+            Role::Agent,
+            ClientMsg::Guide(Guide {
+                hint: Some("closer".into()),
+                ..Guide::default()
+            }),
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&e.to_text(5)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"guide","seq":5,"from":"agent","hint":"closer"})
+        );
+        let v: Value = serde_json::from_str(
+            &Event::PeerLeft {
+                role: Role::Customer,
+                reason: LeaveReason::Timeout,
+            }
+            .to_text(1),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"peer.left","seq":1,"role":"customer","reason":"timeout"})
+        );
+        assert!(
+            !Event::Signal {
+                from: Role::Agent,
+                data: json!(1)
+            }
+            .is_durable()
+        );
+        assert!(Event::relayed(Role::Agent, ClientMsg::Ping { t: json!(1) }).is_none());
+    }
+
+    #[test]
+    fn replies_have_no_seq() {
+        let v: Value = serde_json::from_str(&ack(&json!("a"))).unwrap();
+        assert_eq!(v, json!({"type":"ack","id":"a"}));
+        let e = ProtocolError::new("forbidden", "no", Some(json!(3)));
+        let v: Value = serde_json::from_str(&error(&e)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"error","code":"forbidden","message":"no","ref":3})
+        );
+        assert_eq!(pong(&json!(9)), r#"{"type":"pong","t":9}"#);
+    }
+}

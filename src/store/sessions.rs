@@ -1,0 +1,378 @@
+//! Sessions, join tokens, checklist slots and idempotency records.
+
+use sqlx::Row;
+
+use super::{Result, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Created,
+    Active,
+    Closed,
+    Expired,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Active => "active",
+            Self::Closed => "closed",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => Self::Created,
+            "active" => Self::Active,
+            "closed" => Self::Closed,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+
+    /// Closed and expired sessions take no more joins or events.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Created | Self::Active)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub id: String,
+    pub claim_ref: String,
+    pub status: SessionStatus,
+    pub locale: Option<String>,
+    pub vehicle: Option<String>,
+    pub customer: Option<String>,
+    pub webhook_url: Option<String>,
+    pub token_salt: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub started_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    pub closed_by: Option<String>,
+}
+
+impl SessionRow {
+    /// The status as seen at `now`: an open session past its expiry is expired even before the
+    /// sweeper has written so.
+    pub fn status_at(&self, now: i64) -> SessionStatus {
+        if self.status.is_open() && now >= self.expires_at {
+            SessionStatus::Expired
+        } else {
+            self.status
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SlotRow {
+    pub id: String,
+    #[serde(skip)]
+    pub position: i64,
+    pub area: String,
+    pub angle: String,
+    pub label: Option<String>,
+    pub status: String,
+    pub capture_id: Option<String>,
+}
+
+pub struct NewSession {
+    pub row: SessionRow,
+    pub slots: Vec<SlotRow>,
+    /// (SHA-256 of the token, role)
+    pub tokens: Vec<(Vec<u8>, &'static str)>,
+    /// (scope, key, request hash)
+    pub idempotency: Option<(String, String, Vec<u8>)>,
+}
+
+pub enum Created {
+    New,
+    /// The idempotency key was used before: the session it created and that request's hash.
+    Existing {
+        session_id: String,
+        request_hash: Vec<u8>,
+    },
+}
+
+const SESSION_COLUMNS: &str = "id, claim_ref, status, locale, vehicle, customer, webhook_url, \
+     token_salt, created_at, expires_at, started_at, closed_at, closed_by";
+
+fn session_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SessionRow> {
+    let status: String = r.try_get("status")?;
+    Ok(SessionRow {
+        id: r.try_get("id")?,
+        claim_ref: r.try_get("claim_ref")?,
+        status: SessionStatus::parse(&status).ok_or_else(|| {
+            StoreError::Db(sqlx::Error::Decode(format!("status {status}").into()))
+        })?,
+        locale: r.try_get("locale")?,
+        vehicle: r.try_get("vehicle")?,
+        customer: r.try_get("customer")?,
+        webhook_url: r.try_get("webhook_url")?,
+        token_salt: r.try_get("token_salt")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        started_at: r.try_get("started_at")?,
+        closed_at: r.try_get("closed_at")?,
+        closed_by: r.try_get("closed_by")?,
+    })
+}
+
+/// Filters and the page of a session listing; sessions come newest first.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    pub status: Option<SessionStatus>,
+    pub claim_ref: Option<String>,
+    /// Only sessions with an id below this one (ids grow with time).
+    pub before_id: Option<String>,
+    pub limit: u32,
+}
+
+impl Store {
+    pub async fn find_idempotent(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<(String, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT resource_id, request_hash FROM idempotency_keys WHERE scope = ? AND key = ?",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    /// Inserts a session with its tokens and slots in one transaction. With an idempotency key that
+    /// was used before, inserts nothing and reports the earlier session.
+    pub async fn create_session(&self, new: &NewSession) -> Result<Created> {
+        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        if let Some((scope, key, hash)) = &new.idempotency {
+            let prior = sqlx::query(
+                "SELECT resource_id, request_hash FROM idempotency_keys WHERE scope = ? AND key = ?",
+            )
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
+            if let Some(r) = prior {
+                return Ok(Created::Existing {
+                    session_id: r.try_get(0)?,
+                    request_hash: r.try_get(1)?,
+                });
+            }
+            sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key, request_hash, resource_id, created_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(hash)
+            .bind(&new.row.id)
+            .bind(new.row.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
+        }
+        let s = &new.row;
+        sqlx::query(
+            "INSERT INTO sessions (id, claim_ref, status, locale, vehicle, customer, webhook_url, \
+             token_salt, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.claim_ref)
+        .bind(s.status.as_str())
+        .bind(&s.locale)
+        .bind(&s.vehicle)
+        .bind(&s.customer)
+        .bind(&s.webhook_url)
+        .bind(&s.token_salt)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
+        for (hash, role) in &new.tokens {
+            sqlx::query("INSERT INTO join_tokens (token_hash, session_id, role) VALUES (?, ?, ?)")
+                .bind(hash)
+                .bind(&s.id)
+                .bind(*role)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::classify)?;
+        }
+        for slot in &new.slots {
+            insert_slot(&mut tx, &s.id, slot).await?;
+        }
+        tx.commit().await.map_err(StoreError::classify)?;
+        Ok(Created::New)
+    }
+
+    pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::classify)?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    pub async fn list_sessions(&self, f: &ListFilter) -> Result<Vec<SessionRow>> {
+        let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE 1 = 1");
+        if f.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if f.claim_ref.is_some() {
+            sql.push_str(" AND claim_ref = ?");
+        }
+        if f.before_id.is_some() {
+            sql.push_str(" AND id < ?");
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(s) = f.status {
+            q = q.bind(s.as_str());
+        }
+        if let Some(c) = &f.claim_ref {
+            q = q.bind(c);
+        }
+        if let Some(b) = &f.before_id {
+            q = q.bind(b);
+        }
+        let rows = q
+            .bind(i64::from(f.limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(StoreError::classify)?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    /// The session and role a join token belongs to.
+    pub async fn session_by_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<(SessionRow, String)>> {
+        let sql = format!(
+            "SELECT s.{}, t.role AS token_role FROM join_tokens t JOIN sessions s ON s.id = t.session_id \
+             WHERE t.token_hash = ?",
+            SESSION_COLUMNS.replace(", ", ", s.")
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(token_hash)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::classify)?;
+        match row {
+            Some(r) => Ok(Some((session_from_row(&r)?, r.try_get("token_role")?))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn slots(&self, session_id: &str) -> Result<Vec<SlotRow>> {
+        let rows = sqlx::query(
+            "SELECT id, position, area, angle, label, status, capture_id FROM checklist_slots \
+             WHERE session_id = ? ORDER BY position",
+        )
+        .bind(session_id)
+        .fetch_all(&self.read)
+        .await
+        .map_err(StoreError::classify)?;
+        rows.iter()
+            .map(|r| {
+                Ok(SlotRow {
+                    id: r.try_get(0)?,
+                    position: r.try_get(1)?,
+                    area: r.try_get(2)?,
+                    angle: r.try_get(3)?,
+                    label: r.try_get(4)?,
+                    status: r.try_get(5)?,
+                    capture_id: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// `created` -> `active` on the first join; false if the session was already past `created`.
+    pub async fn mark_active(&self, id: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET status = 'active', started_at = ? WHERE id = ? AND status = 'created'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends an open session as `closed` or `expired`; false if it had already ended.
+    pub async fn end_session(
+        &self,
+        id: &str,
+        status: SessionStatus,
+        now: i64,
+        by: &str,
+    ) -> Result<bool> {
+        debug_assert!(!status.is_open());
+        let done = sqlx::query(
+            "UPDATE sessions SET status = ?, closed_at = ?, closed_by = ? \
+             WHERE id = ? AND status IN ('created', 'active')",
+        )
+        .bind(status.as_str())
+        .bind(now)
+        .bind(by)
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Open sessions whose expiry has passed.
+    pub async fn due_expiries(&self, now: i64, limit: u32) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT id FROM sessions WHERE status IN ('created', 'active') AND expires_at <= ? \
+             ORDER BY expires_at LIMIT ?",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .map_err(StoreError::classify)?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+}
+
+async fn insert_slot(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    session_id: &str,
+    slot: &SlotRow,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO checklist_slots (session_id, id, position, area, angle, label, status, capture_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(session_id)
+    .bind(&slot.id)
+    .bind(slot.position)
+    .bind(&slot.area)
+    .bind(&slot.angle)
+    .bind(&slot.label)
+    .bind(&slot.status)
+    .bind(&slot.capture_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::classify)?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The harness: the real server on 127.0.0.1:0 with a fresh data dir, REST through reqwest and
+//! real WebSocket clients through tokio-tungstenite.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use capturelink::app::{Running, start};
+use capturelink::config::Settings;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const API_KEY: &str = "test-api-key";
+/// How long a test waits for something that should happen at once.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    running: Option<Running>,
+}
+
+pub fn settings(data_dir: &Path) -> Settings {
+    let mut s = Settings::with_data_dir(data_dir);
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.api_keys = vec![API_KEY.to_owned()];
+    s
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server with a fresh data dir, after `tune` adjusts its settings.
+    pub async fn start_with(tune: impl FnOnce(&mut Settings)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = settings(tmp.path());
+        tune(&mut s);
+        Self::start_in(s, Some(tmp)).await
+    }
+
+    async fn start_in(s: Settings, tmp: Option<tempfile::TempDir>) -> Self {
+        let data_dir = s.data_dir.clone();
+        let running = start(s).await.expect("server starts");
+        Self {
+            base: format!("http://{}", running.addr),
+            http: reqwest::Client::new(),
+            data_dir,
+            _tmp: tmp,
+            running: Some(running),
+        }
+    }
+
+    /// Shuts the server down gracefully and starts a new one on the same data dir (new port).
+    pub async fn restart(mut self) -> Self {
+        let tmp = self._tmp.take();
+        let data_dir = self.data_dir.clone();
+        self.running.take().unwrap().shutdown().await;
+        Self::start_in(settings(&data_dir), tmp).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn state(&self) -> &capturelink::app::AppState {
+        &self.running.as_ref().unwrap().state
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn ws_url(&self, token: &str, last_seq: Option<i64>) -> String {
+        let base = self.base.replacen("http://", "ws://", 1);
+        match last_seq {
+            Some(n) => format!("{base}/ws?token={token}&last_seq={n}"),
+            None => format!("{base}/ws?token={token}"),
+        }
+    }
+
+    /// `POST /api/v1/sessions` with the test key; panics unless 201.
+    pub async fn create_session(&self, body: Value) -> Value {
+        let res = self
+            .http
+            .post(self.url("/api/v1/sessions"))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "create session");
+        res.json().await.unwrap()
+    }
+
+    /// A session with the default checklist and both tokens.
+    pub async fn session(&self) -> Session {
+        let v = self.create_session(json!({"claim_ref": "CLM-1"})).await;
+        Session {
+            id: v["id"].as_str().unwrap().to_owned(),
+            agent_token: v["agent_token"].as_str().unwrap().to_owned(),
+            customer_token: v["customer_token"].as_str().unwrap().to_owned(),
+            body: v,
+        }
+    }
+
+    pub async fn connect(&self, token: &str) -> Client {
+        self.connect_at(token, None).await
+    }
+
+    pub async fn connect_at(&self, token: &str, last_seq: Option<i64>) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url(token, last_seq))
+            .await
+            .expect("websocket connects");
+        Client { ws }
+    }
+
+    /// Connects and reads the welcome.
+    pub async fn join(&self, token: &str) -> (Client, Value) {
+        self.join_at(token, None).await
+    }
+
+    pub async fn join_at(&self, token: &str, last_seq: Option<i64>) -> (Client, Value) {
+        let mut c = self.connect_at(token, last_seq).await;
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "first message is the welcome: {w}");
+        (c, w)
+    }
+
+    /// The HTTP status a WebSocket handshake is refused with.
+    pub async fn refused_status(&self, url: &str, origin: Option<&str>) -> u16 {
+        let mut req = url.into_client_request().unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", HeaderValue::from_str(o).unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok(_) => panic!("handshake to {url} was accepted"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+}
+
+pub struct Session {
+    pub id: String,
+    pub agent_token: String,
+    pub customer_token: String,
+    pub body: Value,
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// The next JSON message (pings and pongs are skipped); panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT).await.expect("a message within the wait")
+    }
+
+    /// The next JSON message within `wait`, or None if none came (or the socket closed).
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            match next {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Close(f)) => panic!("closed while waiting for a message: {f:?}"),
+                Ok(other) => panic!("unexpected frame {other:?}"),
+                Err(e) => panic!("socket error while waiting for a message: {e}"),
+            }
+        }
+    }
+
+    /// Reads until a message of `kind` arrives, returning it; panics if something else comes first.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let m = self.recv().await;
+        assert_eq!(m["type"], kind, "expected `{kind}`, got {m}");
+        m
+    }
+
+    /// Asserts that no message arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(m) = self.try_recv(wait).await {
+            panic!("expected nothing, got {m}");
+        }
+    }
+
+    /// Reads (discarding messages) until the server closes; returns the close code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("no close within the wait"),
+                Ok(None) => panic!("stream ended without a close frame"),
+                Ok(Some(Ok(Message::Close(Some(f))))) => return (u16::from(f.code), f.reason.to_string()),
+                Ok(Some(Ok(Message::Close(None)))) => return (u16::from(CloseCode::Status), String::new()),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => panic!("socket error before a close frame: {e}"),
+            }
+        }
+    }
+
+    /// Messages received until `kind` arrives (inclusive).
+    pub async fn collect_until(&mut self, kind: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let m = self.recv().await;
+            let done = m["type"] == kind;
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+    }
+}

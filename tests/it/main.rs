@@ -2,4 +2,7 @@
 
 mod support;
 
+mod lifecycle;
 mod pairing;
+mod protocol;
+mod sessions_api;

@@ -1,0 +1,4 @@
+use serde_json::json;
+
+use crate::support::*;
+

@@ -24,18 +24,29 @@ async fn agent_and_customer_pair_and_relay_both_ways() {
     assert_eq!(joined["role"], "customer");
     assert_eq!(joined["seq"], 1);
 
-    agent.send(json!({"type":"signal","id":"a1","data":{"sdp":"offer"}})).await;
+    agent
+        .send(json!({"type":"signal","id":"a1","data":{"sdp":"offer"}}))
+        .await;
     assert_eq!(agent.expect("ack").await["id"], "a1");
     let sig = customer.expect("signal").await;
     assert_eq!(sig["from"], "agent");
     assert_eq!(sig["data"]["sdp"], "offer");
     assert_eq!(sig["seq"], customer_seq + 1);
 
-    customer.send(json!({"type":"signal","data":{"sdp":"answer"}})).await;
+    customer
+        .send(json!({"type":"signal","data":{"sdp":"answer"}}))
+        .await;
     let sig = agent.expect("signal").await;
-    assert_eq!((sig["from"].clone(), sig["seq"].clone()), (json!("customer"), json!(2)));
+    assert_eq!(
+        (sig["from"].clone(), sig["seq"].clone()),
+        (json!("customer"), json!(2))
+    );
 
-    agent.send(json!({"type":"guide","id":2,"hint":"closer","box":{"x":0.1,"y":0.1,"w":0.3,"h":0.3}})).await;
+    agent
+        .send(
+            json!({"type":"guide","id":2,"hint":"closer","box":{"x":0.1,"y":0.1,"w":0.3,"h":0.3}}),
+        )
+        .await;
     assert_eq!(agent.expect("ack").await["id"], 2);
     let g = customer.expect("guide").await;
     assert_eq!(g["hint"], "closer");

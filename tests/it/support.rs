@@ -11,10 +11,10 @@ use capturelink::config::Settings;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const API_KEY: &str = "test-api-key";
@@ -143,7 +143,8 @@ impl TestServer {
     pub async fn refused_status(&self, url: &str, origin: Option<&str>) -> u16 {
         let mut req = url.into_client_request().unwrap();
         if let Some(o) = origin {
-            req.headers_mut().insert("origin", HeaderValue::from_str(o).unwrap());
+            req.headers_mut()
+                .insert("origin", HeaderValue::from_str(o).unwrap());
         }
         match tokio_tungstenite::connect_async(req).await {
             Ok(_) => panic!("handshake to {url} was accepted"),
@@ -166,7 +167,10 @@ pub struct Client {
 
 impl Client {
     pub async fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_raw(&mut self, m: Message) {
@@ -175,14 +179,18 @@ impl Client {
 
     /// The next JSON message (pings and pongs are skipped); panics after [`WAIT`].
     pub async fn recv(&mut self) -> Value {
-        self.try_recv(WAIT).await.expect("a message within the wait")
+        self.try_recv(WAIT)
+            .await
+            .expect("a message within the wait")
     }
 
     /// The next JSON message within `wait`, or None if none came (or the socket closed).
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match next {
                 Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
@@ -214,8 +222,12 @@ impl Client {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => panic!("no close within the wait"),
                 Ok(None) => panic!("stream ended without a close frame"),
-                Ok(Some(Ok(Message::Close(Some(f))))) => return (u16::from(f.code), f.reason.to_string()),
-                Ok(Some(Ok(Message::Close(None)))) => return (u16::from(CloseCode::Status), String::new()),
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    return (u16::from(f.code), f.reason.to_string());
+                }
+                Ok(Some(Ok(Message::Close(None)))) => {
+                    return (u16::from(CloseCode::Status), String::new());
+                }
                 Ok(Some(Ok(_))) => continue,
                 Ok(Some(Err(e))) => panic!("socket error before a close frame: {e}"),
             }

@@ -18,6 +18,12 @@ use tokio_util::task::TaskTracker;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKeys, TokenMinter};
+use crate::capture::{Limits, Pipeline};
+use crate::media::MediaStore;
+use crate::webhooks::{Dispatcher, Outbox, WebhookSettings};
+
+/// The generated webhook signing secret, in the data dir.
+pub const WEBHOOK_SECRET_FILE: &str = "webhook-secret";
 use crate::config::Settings;
 use crate::session::Registry;
 use crate::signaling::ice::IceConfig;
@@ -28,6 +34,9 @@ use crate::{api, signaling, web};
 pub struct AppInner {
     pub settings: Settings,
     pub store: Store,
+    pub media: MediaStore,
+    pub pipeline: Pipeline,
+    pub outbox: Arc<Outbox>,
     pub registry: Registry,
     pub api_keys: ApiKeys,
     pub tokens: TokenMinter,
@@ -81,6 +90,7 @@ pub struct Running {
     api_key_file: Option<PathBuf>,
     server: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
+    webhooks: JoinHandle<()>,
 }
 
 /// Opens the data dir and database, binds the listener and starts serving.
@@ -109,11 +119,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
     let secret = match &settings.secret {
         Some(s) => s.clone(),
-        None => crate::auth::keys_file(&settings.data_dir, crate::auth::SECRET_FILE, "")?.0,
+        None => {
+            crate::auth::keys_file(&settings.data_dir, crate::auth::SECRET_FILE, || {
+                crate::auth::random_secret("")
+            })?
+            .0
+        }
     };
     let (api_keys, generated_api_key, api_key_file) = if settings.api_keys.is_empty() {
         let (key, created) =
-            crate::auth::keys_file(&settings.data_dir, crate::auth::API_KEY_FILE, "clk_")?;
+            crate::auth::keys_file(&settings.data_dir, crate::auth::API_KEY_FILE, || {
+                crate::auth::random_secret("clk_")
+            })?;
         (
             ApiKeys::new([&key]),
             created.then_some(key),
@@ -125,6 +142,45 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let store = Store::open(&settings.data_dir)
         .await
         .context("opening the database")?;
+    let media = MediaStore::open(&settings.data_dir).context("opening the media dir")?;
+    // Files written before a crash whose rows never committed are not evidence of anything.
+    let known = store.capture_hashes().await?;
+    let swept = media
+        .sweep_orphans(&known)
+        .context("sweeping orphaned files")?;
+    if swept > 0 {
+        tracing::info!(files = swept, "removed files no capture names");
+    }
+    let webhook_secret = match &settings.webhook_secret {
+        Some(s) => s.clone(),
+        None => {
+            crate::auth::keys_file(
+                &settings.data_dir,
+                WEBHOOK_SECRET_FILE,
+                crate::webhooks::Secret::generate,
+            )?
+            .0
+        }
+    };
+    let webhook_settings = WebhookSettings {
+        server_url: settings.webhook_url.clone(),
+        horizon: Duration::from_secs(settings.webhook_horizon),
+        base_backoff: Duration::from_millis(settings.webhook_backoff_ms.max(1)),
+        ..WebhookSettings::new(webhook_secret)
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("CaptureLink-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the webhook client")?;
+    let dispatcher = Dispatcher::new(store.clone(), http, webhook_settings.clone())
+        .map_err(|e| anyhow::anyhow!("webhook secret: {e}"))?;
+    let outbox = Arc::new(Outbox::new(
+        webhook_settings,
+        dispatcher.notifier(),
+        public_url.clone(),
+    ));
+    let pipeline = Pipeline::new(Limits::default(), settings.decode_concurrency);
     let ice = IceConfig {
         stun_urls: settings.stun_urls.clone(),
         turn_urls: settings.turn_urls.clone(),
@@ -132,8 +188,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         turn_ttl_s: settings.turn_ttl,
     };
     let state = AppState(Arc::new(AppInner {
-        registry: Registry::new(store.clone()),
+        registry: Registry::new(store.clone(), outbox.clone()),
         store,
+        media,
+        pipeline,
+        outbox,
         api_keys,
         tokens: TokenMinter::new(secret.into_bytes()),
         ice,
@@ -152,6 +211,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .into_future(),
     );
     let sweeper = tokio::spawn(sweep_expired(state.clone()));
+    let webhooks = tokio::spawn(dispatcher.run(state.shutdown.clone()));
     Ok(Running {
         addr,
         state,
@@ -159,6 +219,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         api_key_file,
         server,
         sweeper,
+        webhooks,
     })
 }
 
@@ -206,6 +267,7 @@ impl Running {
             tracing::warn!(error = %e, "server ended with an error");
         }
         let _ = self.sweeper.await;
+        let _ = self.webhooks.await;
         self.state.tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), self.state.tracker.wait())
             .await

@@ -119,6 +119,31 @@ pub struct Settings {
     #[arg(long, env = "CAPTURELINK_WS_BURST", default_value_t = 200)]
     pub ws_burst: u32,
 
+    /// Largest image a capture upload may carry, in bytes.
+    #[arg(long, env = "CAPTURELINK_MAX_UPLOAD_BYTES", default_value_t = 15 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+
+    /// Images decoded at the same time (each may take a few hundred MB for a 40 MP still).
+    #[arg(long, env = "CAPTURELINK_DECODE_CONCURRENCY", default_value_t = 2)]
+    pub decode_concurrency: usize,
+
+    /// A server-wide webhook endpoint every session's events also go to.
+    #[arg(long, env = "CAPTURELINK_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Webhook signing secret, `whsec_<base64>` (Standard Webhooks). Default: generated once into
+    /// the data dir (`webhook-secret`).
+    #[arg(long, env = "CAPTURELINK_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// How long an undelivered webhook is retried, in seconds.
+    #[arg(long, env = "CAPTURELINK_WEBHOOK_HORIZON", default_value_t = 86_400)]
+    pub webhook_horizon: u64,
+
+    /// First webhook retry delay in milliseconds; it doubles per attempt (with jitter) up to an hour.
+    #[arg(long, env = "CAPTURELINK_WEBHOOK_BACKOFF_MS", default_value_t = 5_000)]
+    pub webhook_backoff_ms: u64,
+
     /// Log format.
     #[arg(long, env = "CAPTURELINK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -159,6 +184,17 @@ impl Settings {
         }
         if self.ws_rate == 0 || self.ws_burst == 0 {
             return Err("--ws-rate and --ws-burst must be positive".into());
+        }
+        if let Some(u) = &self.webhook_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(format!("--webhook-url must be an http(s) URL, got {u}"));
+        }
+        if self.max_upload_bytes < 1024 {
+            return Err("--max-upload-bytes must be at least 1024".into());
+        }
+        if self.decode_concurrency == 0 {
+            return Err("--decode-concurrency must be positive".into());
         }
         if self.session_ttl == 0 {
             return Err("--session-ttl must be positive".into());

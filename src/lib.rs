@@ -8,11 +8,14 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod capture;
 pub mod config;
 pub mod error;
+pub mod media;
 pub mod session;
 pub mod signaling;
 pub mod store;
 pub mod telemetry;
 pub mod vocabulary;
 pub mod web;
+pub mod webhooks;

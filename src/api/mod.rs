@@ -1,5 +1,8 @@
 //! REST for claims systems, under `/api/v1`.
 
+mod captures;
+mod events;
+mod export;
 mod sessions;
 
 use axum::Router;
@@ -15,5 +18,20 @@ pub fn router() -> Router<AppState> {
         )
         .route("/sessions/{id}", get(sessions::get_session))
         .route("/sessions/{id}/close", post(sessions::close_session))
+        .route(
+            "/sessions/{id}/captures",
+            post(captures::upload_capture)
+                // The upload enforces its own cap while streaming (413 as problem+json).
+                .layer(axum::extract::DefaultBodyLimit::disable())
+                .get(captures::list_captures),
+        )
+        .route("/sessions/{id}/events", get(events::session_events))
+        .route("/sessions/{id}/export", get(export::export_session))
+        .route("/captures/{id}", get(captures::get_capture))
+        .route("/captures/{id}/image", get(captures::get_capture_image))
+        .route(
+            "/captures/{id}/thumbnail",
+            get(captures::get_capture_thumbnail),
+        )
         .fallback(|| async { crate::error::ApiError::not_found("resource") })
 }

@@ -229,12 +229,9 @@ fn with_links(state: &AppState, row: &SessionRow, view: SessionView) -> SessionW
 
 async fn load_view(state: &AppState, row: &SessionRow) -> Result<SessionView, ApiError> {
     let slots = state.store.slots(&row.id).await?;
-    Ok(SessionView::new(
-        row,
-        slots,
-        state.registry.presence(&row.id),
-        now_ms(),
-    ))
+    let mut view = SessionView::new(row, slots, state.registry.presence(&row.id), now_ms());
+    view.capture_count = state.store.capture_count(&row.id).await?;
+    Ok(view)
 }
 
 pub async fn create_session(
@@ -422,7 +419,7 @@ pub async fn list_sessions(
     ))
 }
 
-async fn session_for(
+pub(super) async fn session_for(
     state: &AppState,
     caller: &Caller,
     id: &str,

@@ -44,9 +44,20 @@ impl ApiKeys {
 pub const API_KEY_FILE: &str = "api-key";
 pub const SECRET_FILE: &str = "secret";
 
-/// Reads a secret kept in the data dir, or creates it (owner-only permissions).
+/// A random 256-bit value, base64url, after `prefix`.
+pub fn random_secret(prefix: &str) -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(b))
+}
+
+/// Reads a secret kept in the data dir, or creates it with `generate` (owner-only permissions).
 /// Returns the value and whether it was created just now.
-pub fn load_or_create(dir: &Path, name: &str, prefix: &str) -> std::io::Result<(String, bool)> {
+pub fn load_or_create(
+    dir: &Path,
+    name: &str,
+    generate: impl FnOnce() -> String,
+) -> std::io::Result<(String, bool)> {
     let path = dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_owned(), false)),
@@ -54,9 +65,7 @@ pub fn load_or_create(dir: &Path, name: &str, prefix: &str) -> std::io::Result<(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut b = [0u8; 32];
-    rand::rng().fill_bytes(&mut b);
-    let value = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(b));
+    let value = generate();
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -90,9 +99,11 @@ mod tests {
     #[test]
     fn generated_secret_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, created) = load_or_create(dir.path(), API_KEY_FILE, "clk_").unwrap();
+        let (a, created) =
+            load_or_create(dir.path(), API_KEY_FILE, || random_secret("clk_")).unwrap();
         assert!(created && a.starts_with("clk_") && a.len() > 40);
-        let (b, created) = load_or_create(dir.path(), API_KEY_FILE, "clk_").unwrap();
+        let (b, created) =
+            load_or_create(dir.path(), API_KEY_FILE, || random_secret("clk_")).unwrap();
         assert!(!created);
         assert_eq!(a, b);
     }

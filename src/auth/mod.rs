@@ -3,7 +3,9 @@
 mod keys;
 mod tokens;
 
-pub use keys::{API_KEY_FILE, ApiKeys, KeyId, SECRET_FILE, load_or_create as keys_file};
+pub use keys::{
+    API_KEY_FILE, ApiKeys, KeyId, SECRET_FILE, load_or_create as keys_file, random_secret,
+};
 pub use tokens::{Role, TokenMinter, hash_token};
 
 use axum::extract::FromRequestParts;

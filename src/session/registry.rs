@@ -5,8 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::auth::Role;
-use crate::signaling::protocol::LeaveReason;
-use crate::store::{SessionStatus, Store, now_ms};
+use crate::signaling::protocol::{Event, LeaveReason, NewSlot};
+use crate::store::captures::{CaptureRow, NewCapture};
+use crate::store::{SessionStatus, SlotRow, Store, now_ms};
+
+use super::view::CaptureView;
+use crate::webhooks::{Outbox, OutboxRow};
 
 use super::room::{ConnHandle, Joined, Room, RoomError};
 use super::view::Presence;
@@ -14,13 +18,15 @@ use super::view::Presence;
 pub struct Registry {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
     store: Store,
+    outbox: Arc<Outbox>,
 }
 
 impl Registry {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, outbox: Arc<Outbox>) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
             store,
+            outbox,
         }
     }
 
@@ -32,7 +38,13 @@ impl Registry {
     fn room(&self, id: &str) -> Arc<Room> {
         self.lock()
             .entry(id.to_owned())
-            .or_insert_with(|| Arc::new(Room::new(id.to_owned(), self.store.clone())))
+            .or_insert_with(|| {
+                Arc::new(Room::new(
+                    id.to_owned(),
+                    self.store.clone(),
+                    self.outbox.clone(),
+                ))
+            })
             .clone()
     }
 
@@ -116,6 +128,106 @@ impl Registry {
             .await?;
         self.retire(&room).await;
         Ok(())
+    }
+
+    /// Stores a capture with its events: `capture.created` to both roles and, when it fills a
+    /// checklist slot, `checklist.updated`. The capture row, the slot, the request it fulfils and
+    /// the events commit in one transaction, then both screens are sent the events.
+    pub async fn store_capture(
+        &self,
+        capture: &CaptureRow,
+        outbox: &[OutboxRow],
+    ) -> Result<(), RoomError> {
+        let public_url = self.outbox.public_url();
+        let room = self
+            .with_room(&capture.session_id, |room| async move {
+                room.publish_with(
+                    || async {
+                        let view = CaptureView::new(capture, public_url);
+                        let mut events = vec![(
+                            Role::BOTH.to_vec(),
+                            Event::CaptureCreated {
+                                capture: Box::new(view),
+                            },
+                        )];
+                        if let Some(slot_id) = &capture.slot_id {
+                            let mut slots = self.store.slots(&capture.session_id).await?;
+                            for s in slots.iter_mut().filter(|s| &s.id == slot_id) {
+                                s.status = "done".into();
+                                s.capture_id = Some(capture.id.clone());
+                            }
+                            events.push((
+                                Role::BOTH.to_vec(),
+                                Event::ChecklistUpdated { checklist: slots },
+                            ));
+                        }
+                        Ok((events, ()))
+                    },
+                    |rows, ()| async move {
+                        self.store
+                            .insert_capture(&NewCapture {
+                                capture,
+                                fulfils: capture.request_id.as_deref(),
+                                events: &rows,
+                                outbox,
+                            })
+                            .await
+                    },
+                )
+                .await?;
+                Ok(room)
+            })
+            .await?;
+        self.outbox.notify();
+        self.retire(&room).await;
+        Ok(())
+    }
+
+    /// Adds a checklist slot (the agent's `checklist.add`) and sends both roles the new list.
+    pub async fn add_slot(&self, id: &str, slot: &NewSlot) -> Result<(), RoomError> {
+        let room = self
+            .with_room(id, |room| async move {
+                room.publish_with(
+                    || async {
+                        let mut checklist = self.store.slots(id).await?;
+                        let position = checklist.iter().map(|s| s.position).max().unwrap_or(0) + 1;
+                        let row = SlotRow {
+                            id: format!("slot_{position}"),
+                            position,
+                            area: slot.area.clone(),
+                            angle: slot.angle.clone(),
+                            label: slot.label.clone(),
+                            status: "pending".into(),
+                            capture_id: None,
+                        };
+                        checklist.push(row.clone());
+                        Ok((vec![(Role::BOTH.to_vec(), Event::ChecklistUpdated { checklist })], row))
+                    },
+                    |rows, row| async move { self.store.insert_slot_with_events(id, &row, &rows).await },
+                )
+                .await?;
+                Ok(room)
+            })
+            .await?;
+        self.retire(&room).await;
+        Ok(())
+    }
+
+    /// Subscribes to a role's durable events; see [`Room::watch`].
+    pub async fn watch(
+        &self,
+        id: &str,
+        role: Role,
+        after: Option<i64>,
+    ) -> Result<
+        (
+            Vec<(i64, String)>,
+            tokio::sync::mpsc::Receiver<(i64, String)>,
+        ),
+        RoomError,
+    > {
+        self.with_room(id, |room| async move { room.watch(role, after).await })
+            .await
     }
 
     /// Who is connected to a session on this node.

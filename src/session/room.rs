@@ -16,7 +16,8 @@ use crate::auth::Role;
 use crate::signaling::protocol::{ClientMsg, Event, LeaveReason};
 use crate::store::{EventRow, SessionRow, SessionStatus, SlotRow, Store, StoreError, now_ms};
 
-use super::view::Presence;
+use super::view::{Presence, rfc3339};
+use crate::webhooks::{EventType, Outbox};
 
 /// WebSocket close codes of the contract.
 pub mod close_code {
@@ -113,6 +114,16 @@ pub struct Joined {
     pub resumed: bool,
     /// Bodies of the missed durable events, in seq order, sent right after the welcome.
     pub replay: Vec<String>,
+    pub captures: Vec<crate::store::captures::CaptureRow>,
+}
+
+/// Events an event-stream watcher may fall behind by before it is dropped (it resumes by
+/// `Last-Event-ID`).
+const WATCH_QUEUE: usize = 256;
+
+struct Watcher {
+    role: Role,
+    tx: mpsc::Sender<(i64, String)>,
 }
 
 #[derive(Default)]
@@ -124,20 +135,23 @@ struct RoomState {
     /// The last seq issued to each role (indexed by `Role::index`).
     seq: [i64; 2],
     conns: [Option<ConnHandle>; 2],
+    watchers: Vec<Watcher>,
 }
 
 pub struct Room {
     pub id: String,
     store: Store,
+    outbox: Arc<Outbox>,
     state: Mutex<RoomState>,
     present: [AtomicBool; 2],
 }
 
 impl Room {
-    pub(super) fn new(id: String, store: Store) -> Self {
+    pub(super) fn new(id: String, store: Store, outbox: Arc<Outbox>) -> Self {
         Self {
             id,
             store,
+            outbox,
             state: Mutex::new(RoomState::default()),
             present: [AtomicBool::new(false), AtomicBool::new(false)],
         }
@@ -182,35 +196,56 @@ impl Room {
     }
 
     /// Logs a durable event for each recipient, then queues it to those connected.
+    /// Numbers events for their recipients without committing the numbers yet.
+    fn stage(&self, st: &RoomState, events: &[(&[Role], &Event)]) -> Vec<(Role, EventRow)> {
+        let now = now_ms();
+        let mut next = st.seq;
+        let mut rows = Vec::new();
+        for (to, event) in events {
+            debug_assert!(event.is_durable());
+            for role in to.iter() {
+                next[role.index()] += 1;
+                let seq = next[role.index()];
+                rows.push((
+                    *role,
+                    EventRow {
+                        session_id: self.id.clone(),
+                        role: role.as_str(),
+                        seq,
+                        kind: event.kind(),
+                        body: event.to_text(seq),
+                        created_at: now,
+                    },
+                ));
+            }
+        }
+        rows
+    }
+
+    /// After the rows are committed: advances the counters and queues each row to its recipient's
+    /// connection and event-stream watchers.
+    fn deliver(&self, st: &mut RoomState, rows: Vec<(Role, EventRow)>) {
+        for (role, row) in rows {
+            st.seq[role.index()] = row.seq;
+            st.watchers
+                .retain(|w| w.role != role || w.tx.try_send((row.seq, row.body.clone())).is_ok());
+            if let Some(conn) = &st.conns[role.index()] {
+                conn.send(row.body);
+            }
+        }
+    }
+
+    /// Logs a durable event for each recipient, then queues it to those connected.
     async fn publish(
         &self,
         st: &mut RoomState,
         to: &[Role],
         event: &Event,
     ) -> Result<(), RoomError> {
-        debug_assert!(event.is_durable());
-        let now = now_ms();
-        let rows: Vec<EventRow> = to
-            .iter()
-            .map(|r| {
-                let seq = st.seq[r.index()] + 1;
-                EventRow {
-                    session_id: self.id.clone(),
-                    role: r.as_str(),
-                    seq,
-                    kind: event.kind(),
-                    body: event.to_text(seq),
-                    created_at: now,
-                }
-            })
-            .collect();
-        self.store.appender().append(rows.clone()).await?;
-        for (role, row) in to.iter().zip(rows) {
-            st.seq[role.index()] = row.seq;
-            if let Some(conn) = &st.conns[role.index()] {
-                conn.send(row.body);
-            }
-        }
+        let staged = self.stage(st, &[(to, event)]);
+        let rows = staged.iter().map(|(_, r)| r.clone()).collect();
+        self.store.appender().append(rows).await?;
+        self.deliver(st, staged);
         Ok(())
     }
 
@@ -219,6 +254,57 @@ impl Room {
         let mut st = self.state.lock().await;
         self.ensure_loaded(&mut st).await?;
         self.publish(&mut st, to, event).await
+    }
+
+    /// Publishes events whose rows `write` commits in one transaction with the change they report
+    /// (a capture row, a new checklist slot), so the change and its events are durable together.
+    /// Refused once the session has ended.
+    /// `prepare` runs under the lock, so what it reads (the checklist, say) is current; it returns
+    /// the events and whatever `write` needs besides their rows.
+    pub async fn publish_with<T, P, PFut, W, WFut>(
+        &self,
+        prepare: P,
+        write: W,
+    ) -> Result<(), RoomError>
+    where
+        P: FnOnce() -> PFut,
+        PFut: std::future::Future<Output = Result<(Vec<(Vec<Role>, Event)>, T), RoomError>>,
+        W: FnOnce(Vec<EventRow>, T) -> WFut,
+        WFut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let mut st = self.state.lock().await;
+        self.ensure_loaded(&mut st).await?;
+        self.check_open(&st)?;
+        let (events, extra) = prepare().await?;
+        let refs: Vec<(&[Role], &Event)> =
+            events.iter().map(|(to, e)| (to.as_slice(), e)).collect();
+        let staged = self.stage(&st, &refs);
+        write(staged.iter().map(|(_, r)| r.clone()).collect(), extra).await?;
+        self.deliver(&mut st, staged);
+        Ok(())
+    }
+
+    /// Subscribes to a role's durable events (the SSE stream): the events after `after`, read under
+    /// the lock, and a channel of the ones that follow, so none falls between.
+    pub async fn watch(
+        &self,
+        role: Role,
+        after: Option<i64>,
+    ) -> Result<(Vec<(i64, String)>, mpsc::Receiver<(i64, String)>), RoomError> {
+        let mut st = self.state.lock().await;
+        self.ensure_loaded(&mut st).await?;
+        let current = st.seq[role.index()];
+        let replay = match after {
+            Some(n) if n < current => {
+                self.store
+                    .events_between(&self.id, role.as_str(), n.max(0), current)
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        st.watchers.push(Watcher { role, tx });
+        Ok((replay, rx))
     }
 
     /// Makes `conn` the session's `role`, replacing an older connection of that role (4008).
@@ -238,9 +324,14 @@ impl Room {
             .ok_or(RoomError::NotFound)?;
         if session.status == SessionStatus::Created {
             let now = now_ms();
-            if self.store.mark_active(&self.id, now).await? {
+            let data = serde_json::json!({"started_at": rfc3339(now), "first_role": role});
+            let outbox = self
+                .outbox
+                .rows(&session, EventType::SessionStarted, data, now);
+            if self.store.mark_active(&self.id, now, &outbox).await? {
                 session.status = SessionStatus::Active;
                 session.started_at = Some(now);
+                self.outbox.notify();
             }
         }
 
@@ -283,7 +374,9 @@ impl Room {
             _ => (false, Vec::new()),
         };
         let slots = self.store.slots(&self.id).await?;
+        let captures = self.store.list_captures(&self.id).await?;
         Ok(Joined {
+            captures,
             session,
             slots,
             peer_present: st.conns[peer.index()].is_some(),
@@ -328,7 +421,18 @@ impl Room {
             return Err(RoomError::PeerAbsent);
         };
         st.seq[peer] += 1;
-        conn.send(event.to_text(st.seq[peer]));
+        let seq = st.seq[peer];
+        conn.send(event.to_text(seq));
+        // The seq, not the signal, goes into the log (not awaited: signal stays live-only), so a
+        // room loaded again after a restart continues after it instead of issuing it twice.
+        self.store.appender().append_detached(vec![EventRow {
+            session_id: self.id.clone(),
+            role: from.peer().as_str(),
+            seq,
+            kind: event.kind(),
+            body: String::new(),
+            created_at: now_ms(),
+        }]);
         Ok(())
     }
 
@@ -340,9 +444,36 @@ impl Room {
         if st.ended.is_some() {
             return Ok(false);
         }
+        let session = self
+            .store
+            .get_session(&self.id)
+            .await?
+            .ok_or(RoomError::NotFound)?;
+        let reason = if status == SessionStatus::Expired {
+            "expired"
+        } else {
+            "closed"
+        };
+        let event = Event::SessionClosed {
+            reason,
+            by: by.to_owned(),
+        };
+        let staged = self.stage(&st, &[(&Role::BOTH, &event)]);
+        let rows: Vec<EventRow> = staged.iter().map(|(_, r)| r.clone()).collect();
+        let now = now_ms();
+        let data = serde_json::json!({
+            "status": status.as_str(),
+            "closed_by": by,
+            "closed_at": rfc3339(now),
+            "export_url": format!("{}/api/v1/sessions/{}/export", self.outbox.public_url(), self.id),
+        });
+        let outbox = self
+            .outbox
+            .rows(&session, EventType::SessionClosed, data, now);
+        // The status change, `session.closed` and its webhook commit together.
         let ended_now = self
             .store
-            .end_session(&self.id, status, now_ms(), by)
+            .end_session(&self.id, status, now, by, &rows, &outbox)
             .await?;
         if !ended_now {
             // Ended elsewhere (another node, or the sweeper racing a REST call): take the stored state.
@@ -354,16 +485,8 @@ impl Room {
             st.ended = Some(stored.status);
             return Ok(false);
         }
-        let reason = if status == SessionStatus::Expired {
-            "expired"
-        } else {
-            "closed"
-        };
-        let event = Event::SessionClosed {
-            reason,
-            by: by.to_owned(),
-        };
-        self.publish(&mut st, &Role::BOTH, &event).await?;
+        self.outbox.notify();
+        self.deliver(&mut st, staged);
         st.ended = Some(status);
         let spec = if status == SessionStatus::Expired {
             CloseSpec {
@@ -376,6 +499,8 @@ impl Room {
                 reason: "session closed",
             }
         };
+        // Event streams end with the session: their last event is `session.closed`.
+        st.watchers.clear();
         for (i, slot) in st.conns.iter_mut().enumerate() {
             if let Some(conn) = slot.take() {
                 conn.close(spec);
@@ -389,7 +514,8 @@ impl Room {
     /// registry) under the room's lock, so no caller can find it retired and still listed.
     pub(super) async fn retire_if_empty(&self, unlist: impl FnOnce()) {
         let mut st = self.state.lock().await;
-        if st.conns.iter().all(Option::is_none) && !st.retired {
+        st.watchers.retain(|w| !w.tx.is_closed());
+        if st.conns.iter().all(Option::is_none) && st.watchers.is_empty() && !st.retired {
             st.retired = true;
             unlist();
         }

@@ -5,6 +5,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::store::captures::CaptureRow;
 use crate::store::{SessionRow, SessionStatus, SlotRow};
 
 /// Milliseconds since the epoch as an RFC 3339 timestamp.
@@ -60,6 +61,65 @@ impl SessionView {
             presence,
             checklist: slots,
             capture_count: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Quality {
+    pub sharpness: f64,
+    pub brightness: f64,
+    pub warnings: Vec<String>,
+}
+
+/// A capture as the contract shows it (REST, `capture.created`, `welcome.captures`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaptureView {
+    pub id: String,
+    pub session_id: String,
+    pub slot_id: Option<String>,
+    pub area: String,
+    pub angle: String,
+    pub note: Option<String>,
+    pub source: String,
+    pub request_id: Option<String>,
+    pub mime: String,
+    pub width: i64,
+    pub height: i64,
+    pub bytes: i64,
+    pub sha256: String,
+    pub quality: Quality,
+    pub created_at: String,
+    pub image_url: String,
+    pub thumbnail_url: String,
+}
+
+impl CaptureView {
+    /// `public_url` is the service's base URL; the image URLs are absolute.
+    pub fn new(c: &CaptureRow, public_url: &str) -> Self {
+        Self {
+            id: c.id.clone(),
+            session_id: c.session_id.clone(),
+            slot_id: c.slot_id.clone(),
+            area: c.area.clone(),
+            angle: c.angle.clone(),
+            note: c.note.clone(),
+            source: c.source.clone(),
+            request_id: c.request_id.clone(),
+            mime: c.mime.clone(),
+            width: c.width,
+            height: c.height,
+            bytes: c.bytes,
+            sha256: c.sha256.clone(),
+            quality: Quality {
+                // Rounded: the figures are for people and thresholds, not for bit-exact comparison.
+                sharpness: (c.sharpness * 100.0).round() / 100.0,
+                brightness: (c.brightness * 1000.0).round() / 1000.0,
+                warnings: serde_json::from_str(&c.warnings).unwrap_or_default(),
+            },
+            created_at: rfc3339(c.created_at),
+            image_url: format!("{public_url}/api/v1/captures/{}/image", c.id),
+            thumbnail_url: format!("{public_url}/api/v1/captures/{}/thumbnail", c.id),
         }
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -127,9 +126,17 @@ async fn serve(
         state.registry.leave(&room, role, conn_id, reason).await;
         tracing::info!(reason = ?reason, "left");
     }
-    handle.close(CloseSpec {
-        code: close_code::NORMAL,
-        reason: "",
+    // On shutdown (None) the writer may not have seen the cancellation yet: ask for 1001 here
+    // too, or a plain 1000 could win the race.
+    handle.close(match left {
+        Some(_) => CloseSpec {
+            code: close_code::NORMAL,
+            reason: "",
+        },
+        None => CloseSpec {
+            code: close_code::GOING_AWAY,
+            reason: "server shutting down",
+        },
     });
     let _ = writer.await;
 }
@@ -144,7 +151,7 @@ struct Welcome<'a> {
     ice_servers: Vec<super::ice::IceServer>,
     last_seq: i64,
     resumed: bool,
-    captures: Vec<Value>,
+    captures: Vec<crate::session::view::CaptureView>,
     checklist: &'a [crate::store::SlotRow],
 }
 
@@ -154,10 +161,16 @@ fn welcome(state: &AppState, role: Role, j: &Joined, presence: Presence) -> Stri
         session: SessionView::new(&j.session, j.slots.clone(), presence, now),
         role,
         peer_present: j.peer_present,
-        ice_servers: state.ice.servers(&j.session.id, u64::try_from(now / 1000).unwrap_or(0)),
+        ice_servers: state
+            .ice
+            .servers(&j.session.id, u64::try_from(now / 1000).unwrap_or(0)),
         last_seq: j.last_seq,
         resumed: j.resumed,
-        captures: Vec::new(),
+        captures: j
+            .captures
+            .iter()
+            .map(|c| crate::session::view::CaptureView::new(c, &state.public_url))
+            .collect(),
         checklist: &j.slots,
     };
     serde_json::to_string(&w).expect("welcome serializes")
@@ -308,6 +321,37 @@ impl Reader<'_> {
                 .end(self.session_id, SessionStatus::Closed, "agent")
                 .await
                 .map(|_| ()),
+            ClientMsg::ChecklistAdd(slot) => {
+                self.state.registry.add_slot(self.session_id, &slot).await
+            }
+            ClientMsg::CaptureRequest(request) => {
+                // Recorded first: the customer's upload is accepted only against a known request.
+                let row = crate::store::captures::RequestRow {
+                    request_id: request.request_id.clone(),
+                    area: request.area.clone(),
+                    angle: request.angle.clone(),
+                    slot_id: request.slot_id.clone(),
+                    status: "pending".into(),
+                    capture_id: None,
+                };
+                match self
+                    .state
+                    .store
+                    .record_capture_request(self.session_id, &row, now_ms())
+                    .await
+                {
+                    Ok(()) => {
+                        self.room
+                            .relay(
+                                self.role,
+                                self.handle.id,
+                                ClientMsg::CaptureRequest(request),
+                            )
+                            .await
+                    }
+                    Err(e) => Err(RoomError::Store(e)),
+                }
+            }
             msg => self.room.relay(self.role, self.handle.id, msg).await,
         };
         match outcome {
@@ -375,7 +419,7 @@ async fn write_loop(
     loop {
         let requested = *close_rx.borrow_and_update();
         if let Some(spec) = requested {
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
+            flush_and_close(&mut sink, &mut initial, &mut rx, spec).await;
             break;
         }
         let next = match initial.next() {
@@ -412,4 +456,25 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// Sends what was queued before the close was asked for, then the close frame, all within
+/// [`CLOSE_GRACE`]: the room queues `session.closed` just before it asks for the 4009, and the
+/// peer must see the message before the close.
+async fn flush_and_close(
+    sink: &mut SplitSink<WebSocket, Message>,
+    initial: &mut std::vec::IntoIter<String>,
+    rx: &mut mpsc::Receiver<String>,
+    spec: CloseSpec,
+) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        for text in initial.by_ref() {
+            sink.feed(Message::Text(text.into())).await?;
+        }
+        while let Ok(text) = rx.try_recv() {
+            sink.feed(Message::Text(text.into())).await?;
+        }
+        sink.send(close_message(spec)).await
+    })
+    .await;
 }

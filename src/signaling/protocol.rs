@@ -36,6 +36,8 @@ pub enum ClientMsg {
     },
     /// Extension: the agent ends the session from the console (same as `POST …/close`).
     SessionClose,
+    /// Extension: the agent adds a slot to the checklist during the call.
+    ChecklistAdd(NewSlot),
 }
 
 impl ClientMsg {
@@ -48,6 +50,7 @@ impl ClientMsg {
             ClientMsg::Chat { .. } => "chat",
             ClientMsg::Ping { .. } => "ping",
             ClientMsg::SessionClose => "session.close",
+            ClientMsg::ChecklistAdd(_) => "checklist.add",
         }
     }
 
@@ -57,7 +60,8 @@ impl ClientMsg {
             ClientMsg::Guide(_)
             | ClientMsg::CaptureRequest(_)
             | ClientMsg::Camera(_)
-            | ClientMsg::SessionClose => role == Role::Agent,
+            | ClientMsg::SessionClose
+            | ClientMsg::ChecklistAdd(_) => role == Role::Agent,
             ClientMsg::Signal { .. } | ClientMsg::Chat { .. } | ClientMsg::Ping { .. } => true,
         }
     }
@@ -97,6 +101,15 @@ pub struct CaptureRequest {
     pub angle: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot_id: Option<String>,
+}
+
+/// A checklist slot the agent adds (`checklist.add`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewSlot {
+    pub area: String,
+    pub angle: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +246,14 @@ pub fn parse(text: &str) -> Result<Incoming, ProtocolError> {
             ClientMsg::Ping { t }
         }
         "session.close" => ClientMsg::SessionClose,
+        "checklist.add" => {
+            let slot: NewSlot = fields(rest).map_err(invalid)?;
+            check_target(&slot.area, &slot.angle).map_err(invalid)?;
+            if slot.label.as_ref().is_some_and(|l| l.chars().count() > 200) {
+                return Err(invalid("`label` is at most 200 characters".into()));
+            }
+            ClientMsg::ChecklistAdd(slot)
+        }
         other => {
             return Err(ProtocolError::new(
                 "unknown_type",
@@ -321,6 +342,21 @@ pub enum Event {
     PeerJoined { role: Role },
     #[serde(rename = "peer.left")]
     PeerLeft { role: Role, reason: LeaveReason },
+    #[serde(rename = "capture.created")]
+    CaptureCreated {
+        capture: Box<crate::session::view::CaptureView>,
+    },
+    #[serde(rename = "capture.failed")]
+    CaptureFailed {
+        request_id: String,
+        code: String,
+        message: String,
+    },
+    /// Extension: the checklist changed (a slot was added or filled); the whole list, in order.
+    #[serde(rename = "checklist.updated")]
+    ChecklistUpdated {
+        checklist: Vec<crate::store::SlotRow>,
+    },
     #[serde(rename = "session.closed")]
     SessionClosed {
         /// `closed` (by the claims system or the agent) or `expired`.
@@ -339,6 +375,9 @@ impl Event {
             Event::Chat { .. } => "chat",
             Event::PeerJoined { .. } => "peer.joined",
             Event::PeerLeft { .. } => "peer.left",
+            Event::CaptureCreated { .. } => "capture.created",
+            Event::CaptureFailed { .. } => "capture.failed",
+            Event::ChecklistUpdated { .. } => "checklist.updated",
             Event::SessionClosed { .. } => "session.closed",
         }
     }
@@ -355,7 +394,9 @@ impl Event {
             ClientMsg::CaptureRequest(request) => Event::CaptureRequest { from, request },
             ClientMsg::Camera(camera) => Event::Camera { from, camera },
             ClientMsg::Chat { text } => Event::Chat { from, text },
-            ClientMsg::Ping { .. } | ClientMsg::SessionClose => return None,
+            ClientMsg::Ping { .. } | ClientMsg::SessionClose | ClientMsg::ChecklistAdd(_) => {
+                return None;
+            }
         })
     }
 
@@ -504,7 +545,13 @@ mod tests {
 
     #[test]
     fn sender_rules() {
-        let agent_only = ["guide", "capture.request", "camera", "session.close"];
+        let agent_only = [
+            "guide",
+            "capture.request",
+            "camera",
+            "session.close",
+            "checklist.add",
+        ];
         let samples = [
             json!({"type":"signal","data":"x"}),
             json!({"type":"guide"}),
@@ -513,6 +560,7 @@ mod tests {
             json!({"type":"chat","text":"hi"}),
             json!({"type":"ping"}),
             json!({"type":"session.close"}),
+            json!({"type":"checklist.add","area":"hood","angle":"close_up","label":"dent"}),
         ];
         for s in samples {
             let m = parse(&s.to_string()).unwrap().msg;

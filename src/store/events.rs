@@ -47,6 +47,15 @@ impl Appender {
         Self { tx }
     }
 
+    /// Queues rows without waiting for their commit (they are committed in queue order, so no
+    /// later than any row appended after them). Used for the seq marks of live-only `signal`s.
+    pub fn append_detached(&self, rows: Vec<EventRow>) {
+        let (done, _) = oneshot::channel();
+        if self.tx.try_send(Batch { rows, done }).is_err() {
+            tracing::warn!("event writer backlogged: a signal's seq mark was not recorded");
+        }
+    }
+
     /// Appends rows and returns once they are committed.
     pub async fn append(&self, rows: Vec<EventRow>) -> Result<()> {
         if rows.is_empty() {
@@ -70,7 +79,18 @@ impl Appender {
 
 async fn write_group(pool: &SqlitePool, group: &[Batch]) -> Result<()> {
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
-    for row in group.iter().flat_map(|b| &b.rows) {
+    for batch in group {
+        insert_events(&mut tx, &batch.rows).await?;
+    }
+    tx.commit().await.map_err(StoreError::classify)
+}
+
+/// Inserts event rows inside a caller's transaction.
+pub(crate) async fn insert_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    rows: &[EventRow],
+) -> Result<()> {
+    for row in rows {
         sqlx::query(
             "INSERT INTO events (session_id, role, seq, kind, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -80,11 +100,11 @@ async fn write_group(pool: &SqlitePool, group: &[Batch]) -> Result<()> {
         .bind(row.kind)
         .bind(&row.body)
         .bind(row.created_at)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(StoreError::classify)?;
     }
-    tx.commit().await.map_err(StoreError::classify)
+    Ok(())
 }
 
 impl Store {
@@ -108,7 +128,8 @@ impl Store {
         Ok((agent, customer))
     }
 
-    /// The bodies of a recipient's events with `after < seq <= upto`, in seq order.
+    /// The bodies of a recipient's events with `after < seq <= upto`, in seq order; signals' seq
+    /// marks are not events to replay.
     pub async fn events_between(
         &self,
         session_id: &str,
@@ -118,7 +139,7 @@ impl Store {
     ) -> Result<Vec<(i64, String)>> {
         let rows = sqlx::query(
             "SELECT seq, body FROM events WHERE session_id = ? AND role = ? AND seq > ? AND seq <= ? \
-             ORDER BY seq",
+             AND kind <> 'signal' ORDER BY seq",
         )
         .bind(session_id)
         .bind(role)

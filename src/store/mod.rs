@@ -6,8 +6,10 @@
 //! Event appends arriving together are batched into one transaction by [`events::Appender`]
 //! (group commit), so one fsync serves many sessions.
 
+pub mod captures;
 pub mod events;
 pub mod sessions;
+pub mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -2,7 +2,9 @@
 
 use sqlx::Row;
 
-use super::{Result, Store, StoreError};
+use super::events::insert_events;
+use super::webhooks::{OutboxRow, enqueue_webhook};
+use super::{EventRow, Result, Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -303,28 +305,41 @@ impl Store {
             .collect()
     }
 
-    /// `created` -> `active` on the first join; false if the session was already past `created`.
-    pub async fn mark_active(&self, id: &str, now: i64) -> Result<bool> {
+    /// `created` -> `active` on the first join, with its webhook rows; false if the session was
+    /// already past `created` (then nothing is written).
+    pub async fn mark_active(&self, id: &str, now: i64, outbox: &[OutboxRow]) -> Result<bool> {
+        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
         let done = sqlx::query(
             "UPDATE sessions SET status = 'active', started_at = ? WHERE id = ? AND status = 'created'",
         )
         .bind(now)
         .bind(id)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for row in outbox {
+            enqueue_webhook(&mut tx, row).await?;
+        }
+        tx.commit().await.map_err(StoreError::classify)?;
+        Ok(true)
     }
 
-    /// Ends an open session as `closed` or `expired`; false if it had already ended.
+    /// Ends an open session as `closed` or `expired`, with its events and webhook rows, in one
+    /// transaction; false if it had already ended (then nothing is written).
     pub async fn end_session(
         &self,
         id: &str,
         status: SessionStatus,
         now: i64,
         by: &str,
+        events: &[EventRow],
+        outbox: &[OutboxRow],
     ) -> Result<bool> {
         debug_assert!(!status.is_open());
+        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
         let done = sqlx::query(
             "UPDATE sessions SET status = ?, closed_at = ?, closed_by = ? \
              WHERE id = ? AND status IN ('created', 'active')",
@@ -333,10 +348,18 @@ impl Store {
         .bind(now)
         .bind(by)
         .bind(id)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_events(&mut tx, events).await?;
+        for row in outbox {
+            enqueue_webhook(&mut tx, row).await?;
+        }
+        tx.commit().await.map_err(StoreError::classify)?;
+        Ok(true)
     }
 
     /// Open sessions whose expiry has passed.
@@ -354,7 +377,7 @@ impl Store {
     }
 }
 
-async fn insert_slot(
+pub(crate) async fn insert_slot(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     session_id: &str,
     slot: &SlotRow,

@@ -2,6 +2,8 @@
 
 mod support;
 
+mod captures;
+mod claims;
 mod lifecycle;
 mod pairing;
 mod protocol;

@@ -1,0 +1,77 @@
+//! `GET /sessions/{id}/events`: the session's durable events as Server-Sent Events.
+//!
+//! The stream is one recipient's event log: the agent's for an API key or the agent token (it holds
+//! everything a claims system follows: `peer.*`, `capture.created`, `capture.failed`,
+//! `checklist.updated`, `session.closed`), the customer's for the customer token. Each event's
+//! `id:` is its `seq` and its `data:` the same JSON the WebSocket carries. `Last-Event-ID` (or
+//! `?last_event_id=`) resumes after that seq; without it the stream starts with what comes next.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt};
+
+use crate::app::AppState;
+use crate::auth::{Caller, Role, url_query_value};
+use crate::error::ApiError;
+use crate::session::RoomError;
+
+use super::sessions::session_for;
+
+fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let raw = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.and_then(|q| url_query_value(q, "last_event_id")));
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_last_event_id",
+                    "Last-Event-ID must be a non-negative integer",
+                )
+            }),
+    }
+}
+
+pub async fn session_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let session = session_for(&state, &caller, &id, &Role::BOTH).await?;
+    let role = match &caller {
+        Caller::Participant { role, .. } => *role,
+        Caller::ApiKey(_) => Role::Agent,
+    };
+    let after = last_event_id(&headers, query.as_deref())?;
+    let (replay, rx) = match state.registry.watch(&session.id, role, after).await {
+        Ok(w) => w,
+        Err(RoomError::NotFound) => return Err(ApiError::not_found("session")),
+        Err(RoomError::Store(e)) => return Err(e.into()),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    let ended = !session.status_at(crate::store::now_ms()).is_open();
+    let to_sse =
+        |(seq, body): (i64, String)| Ok(SseEvent::default().id(seq.to_string()).data(body));
+    let live = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    // An ended session has no live part: the stream is its log, then it ends.
+    let live = if ended {
+        live.take(0).boxed()
+    } else {
+        live.boxed()
+    };
+    let events = stream::iter(replay).chain(live).map(to_sse);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,279 @@
+//! Captures, capture requests and checklist changes.
+
+use std::collections::HashSet;
+
+use sqlx::Row;
+
+use super::events::insert_events;
+use super::webhooks::{OutboxRow, enqueue_webhook};
+use super::{EventRow, Result, SlotRow, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureRow {
+    pub id: String,
+    pub session_id: String,
+    pub slot_id: Option<String>,
+    pub area: String,
+    pub angle: String,
+    pub note: Option<String>,
+    pub source: String,
+    pub request_id: Option<String>,
+    pub mime: String,
+    pub width: i64,
+    pub height: i64,
+    pub bytes: i64,
+    pub sha256: String,
+    pub sharpness: f64,
+    pub brightness: f64,
+    /// JSON array of warning codes.
+    pub warnings: String,
+    pub uploaded_by: String,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<Vec<u8>>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRow {
+    pub request_id: String,
+    pub area: String,
+    pub angle: String,
+    pub slot_id: Option<String>,
+    pub status: String,
+    pub capture_id: Option<String>,
+}
+
+const CAPTURE_COLUMNS: &str = "id, session_id, slot_id, area, angle, note, source, request_id, mime, \
+     width, height, bytes, sha256, sharpness, brightness, warnings, uploaded_by, idempotency_key, \
+     request_hash, created_at";
+
+fn capture_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<CaptureRow> {
+    Ok(CaptureRow {
+        id: r.try_get("id")?,
+        session_id: r.try_get("session_id")?,
+        slot_id: r.try_get("slot_id")?,
+        area: r.try_get("area")?,
+        angle: r.try_get("angle")?,
+        note: r.try_get("note")?,
+        source: r.try_get("source")?,
+        request_id: r.try_get("request_id")?,
+        mime: r.try_get("mime")?,
+        width: r.try_get("width")?,
+        height: r.try_get("height")?,
+        bytes: r.try_get("bytes")?,
+        sha256: r.try_get("sha256")?,
+        sharpness: r.try_get("sharpness")?,
+        brightness: r.try_get("brightness")?,
+        warnings: r.try_get("warnings")?,
+        uploaded_by: r.try_get("uploaded_by")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        request_hash: r.try_get("request_hash")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+/// What one stored capture changes, written in one transaction with its events.
+pub struct NewCapture<'a> {
+    pub capture: &'a CaptureRow,
+    /// Marks this capture request fulfilled.
+    pub fulfils: Option<&'a str>,
+    pub events: &'a [EventRow],
+    pub outbox: &'a [OutboxRow],
+}
+
+impl Store {
+    pub async fn get_capture(&self, id: &str) -> Result<Option<CaptureRow>> {
+        let sql = format!("SELECT {CAPTURE_COLUMNS} FROM captures WHERE id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::classify)?;
+        row.as_ref().map(capture_from_row).transpose()
+    }
+
+    pub async fn capture_by_idempotency_key(
+        &self,
+        session_id: &str,
+        key: &str,
+    ) -> Result<Option<CaptureRow>> {
+        let sql = format!(
+            "SELECT {CAPTURE_COLUMNS} FROM captures WHERE session_id = ? AND idempotency_key = ?"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(session_id)
+            .bind(key)
+            .fetch_optional(&self.write)
+            .await
+            .map_err(StoreError::classify)?;
+        row.as_ref().map(capture_from_row).transpose()
+    }
+
+    pub async fn list_captures(&self, session_id: &str) -> Result<Vec<CaptureRow>> {
+        let sql = format!(
+            "SELECT {CAPTURE_COLUMNS} FROM captures WHERE session_id = ? ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(session_id)
+            .fetch_all(&self.read)
+            .await
+            .map_err(StoreError::classify)?;
+        rows.iter().map(capture_from_row).collect()
+    }
+
+    pub async fn capture_count(&self, session_id: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM captures WHERE session_id = ?")
+            .bind(session_id)
+            .fetch_one(&self.read)
+            .await
+            .map_err(StoreError::classify)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Every content hash some capture names (for the start-up sweep of orphaned files).
+    pub async fn capture_hashes(&self) -> Result<HashSet<String>> {
+        let rows = sqlx::query("SELECT DISTINCT sha256 FROM captures")
+            .fetch_all(&self.read)
+            .await
+            .map_err(StoreError::classify)?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Is this content named by any capture other than `except_id`?
+    pub async fn hash_in_use(&self, sha256: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM captures WHERE sha256 = ?")
+            .bind(sha256)
+            .fetch_one(&self.write)
+            .await
+            .map_err(StoreError::classify)?;
+        Ok(n > 0)
+    }
+
+    /// Records an agent's `capture.request`; a repeated request id keeps the first.
+    pub async fn record_capture_request(
+        &self,
+        session_id: &str,
+        r: &RequestRow,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO capture_requests \
+             (session_id, request_id, area, angle, slot_id, status, created_at) \
+             VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+        )
+        .bind(session_id)
+        .bind(&r.request_id)
+        .bind(&r.area)
+        .bind(&r.angle)
+        .bind(&r.slot_id)
+        .bind(now)
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(())
+    }
+
+    pub async fn capture_request(
+        &self,
+        session_id: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRow>> {
+        let row = sqlx::query(
+            "SELECT request_id, area, angle, slot_id, status, capture_id FROM capture_requests \
+             WHERE session_id = ? AND request_id = ?",
+        )
+        .bind(session_id)
+        .bind(request_id)
+        .fetch_optional(&self.write)
+        .await
+        .map_err(StoreError::classify)?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(RequestRow {
+                request_id: r.try_get(0)?,
+                area: r.try_get(1)?,
+                angle: r.try_get(2)?,
+                slot_id: r.try_get(3)?,
+                status: r.try_get(4)?,
+                capture_id: r.try_get(5)?,
+            })),
+        }
+    }
+
+    /// Inserts a capture, fills its slot, fulfils its request and logs its events, atomically.
+    pub async fn insert_capture(&self, new: &NewCapture<'_>) -> Result<()> {
+        let c = new.capture;
+        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let sql = format!(
+            "INSERT INTO captures ({CAPTURE_COLUMNS}) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&c.id)
+            .bind(&c.session_id)
+            .bind(&c.slot_id)
+            .bind(&c.area)
+            .bind(&c.angle)
+            .bind(&c.note)
+            .bind(&c.source)
+            .bind(&c.request_id)
+            .bind(&c.mime)
+            .bind(c.width)
+            .bind(c.height)
+            .bind(c.bytes)
+            .bind(&c.sha256)
+            .bind(c.sharpness)
+            .bind(c.brightness)
+            .bind(&c.warnings)
+            .bind(&c.uploaded_by)
+            .bind(&c.idempotency_key)
+            .bind(&c.request_hash)
+            .bind(c.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
+        if let Some(slot) = &c.slot_id {
+            sqlx::query(
+                "UPDATE checklist_slots SET status = 'done', capture_id = ? \
+                 WHERE session_id = ? AND id = ?",
+            )
+            .bind(&c.id)
+            .bind(&c.session_id)
+            .bind(slot)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
+        }
+        if let Some(req) = new.fulfils {
+            sqlx::query(
+                "UPDATE capture_requests SET status = 'fulfilled', capture_id = ? \
+                 WHERE session_id = ? AND request_id = ?",
+            )
+            .bind(&c.id)
+            .bind(&c.session_id)
+            .bind(req)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
+        }
+        insert_events(&mut tx, new.events).await?;
+        for row in new.outbox {
+            enqueue_webhook(&mut tx, row).await?;
+        }
+        tx.commit().await.map_err(StoreError::classify)
+    }
+
+    /// Appends a slot to a session's checklist with its events, in one transaction. Slots are
+    /// only added under the session's room lock, so the position is not contended.
+    pub async fn insert_slot_with_events(
+        &self,
+        session_id: &str,
+        slot: &SlotRow,
+        events: &[EventRow],
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        super::sessions::insert_slot(&mut tx, session_id, slot).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(StoreError::classify)
+    }
+}

@@ -1,0 +1,274 @@
+//! The webhook outbox: one row per (event, endpoint), written in the same transaction as the change
+//! it reports, and worked off by [`crate::webhooks::Dispatcher`]. Endpoints that answered 410 Gone
+//! are remembered in `webhook_disabled` and get nothing more.
+//!
+//! Every update made on behalf of a delivery attempt is conditioned on the row still being
+//! `pending`, so an endpoint disabled while an attempt was in flight stays disabled.
+
+use sqlx::Row;
+
+use super::{Result, Store, StoreError};
+
+/// A delivery to write into the outbox. `id` is the `webhook-id` the receiver sees on every
+/// attempt; [`OutboxRow::new`] gives it a fresh `msg_<uuid v7>`.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: String,
+    pub session_id: String,
+    pub url: String,
+    pub event_type: String,
+    /// The exact JSON body that is sent (and signed).
+    pub payload: String,
+    /// Milliseconds since the epoch; the retry horizon counts from here.
+    pub created_at: i64,
+}
+
+impl OutboxRow {
+    pub fn new(
+        session_id: impl Into<String>,
+        url: impl Into<String>,
+        event_type: impl Into<String>,
+        payload: impl Into<String>,
+        created_at: i64,
+    ) -> Self {
+        Self {
+            id: new_message_id(),
+            session_id: session_id.into(),
+            url: url.into(),
+            event_type: event_type.into(),
+            payload: payload.into(),
+            created_at,
+        }
+    }
+}
+
+/// A fresh `webhook-id`: `msg_` and a UUID v7 without hyphens (so ids sort by creation time).
+pub fn new_message_id() -> String {
+    format!("msg_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A pending delivery whose next attempt is due.
+#[derive(Debug, Clone)]
+pub struct DueWebhook {
+    pub id: String,
+    pub session_id: String,
+    pub url: String,
+    pub event_type: String,
+    pub payload: String,
+    pub created_at: i64,
+    /// Attempts made so far.
+    pub attempts: i64,
+}
+
+/// The recorded state of one outbox row (for tests and operators).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxState {
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<i64>,
+}
+
+/// Writes one delivery inside the caller's transaction, so it commits (or not) with the change it
+/// reports. A row for an endpoint that is already disabled is written as `disabled`, never sent.
+/// Poke the dispatcher's [`crate::webhooks::Wakeup`] after the commit.
+pub async fn enqueue_webhook(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    row: &OutboxRow,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_outbox (id, session_id, url, event_type, payload, created_at, \
+         next_attempt_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, \
+         CASE WHEN EXISTS (SELECT 1 FROM webhook_disabled WHERE url = ?) \
+         THEN 'disabled' ELSE 'pending' END)",
+    )
+    .bind(&row.id)
+    .bind(&row.session_id)
+    .bind(&row.url)
+    .bind(&row.event_type)
+    .bind(&row.payload)
+    .bind(row.created_at)
+    .bind(row.created_at)
+    .bind(&row.url)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::classify)?;
+    Ok(())
+}
+
+impl Store {
+    /// Writes deliveries in a transaction of their own, for callers that hold none.
+    pub async fn enqueue_webhooks(&self, rows: &[OutboxRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        for row in rows {
+            enqueue_webhook(&mut tx, row).await?;
+        }
+        tx.commit().await.map_err(StoreError::classify)
+    }
+
+    /// Pending deliveries due at `now`, the longest waiting first.
+    pub async fn due_webhooks(&self, now: i64, limit: u32) -> Result<Vec<DueWebhook>> {
+        let rows = sqlx::query(
+            "SELECT id, session_id, url, event_type, payload, created_at, attempts \
+             FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= ? \
+             ORDER BY next_attempt_at, id LIMIT ?",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .map_err(StoreError::classify)?;
+        rows.iter()
+            .map(|r| {
+                Ok(DueWebhook {
+                    id: r.try_get(0)?,
+                    session_id: r.try_get(1)?,
+                    url: r.try_get(2)?,
+                    event_type: r.try_get(3)?,
+                    payload: r.try_get(4)?,
+                    created_at: r.try_get(5)?,
+                    attempts: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The earliest `next_attempt_at` of a pending delivery later than `after`, if any: how long
+    /// the dispatcher may sleep.
+    pub async fn next_webhook_due(&self, after: i64) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MIN(next_attempt_at) FROM webhook_outbox \
+             WHERE status = 'pending' AND next_attempt_at > ?",
+        )
+        .bind(after)
+        .fetch_one(&self.read)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// The endpoint answered 2xx. Recorded even if the row was disabled meanwhile: it did arrive.
+    pub async fn mark_delivered(
+        &self,
+        id: &str,
+        now: i64,
+        attempts: i64,
+        status: u16,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET status = 'delivered', delivered_at = ?, attempts = ?, \
+             last_status = ?, last_error = NULL WHERE id = ?",
+        )
+        .bind(now)
+        .bind(attempts)
+        .bind(i64::from(status))
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(())
+    }
+
+    /// The attempt failed; try again at `next_attempt_at`. `status` is the HTTP status if one came.
+    pub async fn mark_retry(
+        &self,
+        id: &str,
+        next_attempt_at: i64,
+        attempts: i64,
+        status: Option<u16>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET next_attempt_at = ?, attempts = ?, last_status = ?, \
+             last_error = ? WHERE id = ? AND status = 'pending'",
+        )
+        .bind(next_attempt_at)
+        .bind(attempts)
+        .bind(status.map(i64::from))
+        .bind(error)
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(())
+    }
+
+    /// The attempt failed and the retry horizon has passed: give up on this delivery.
+    pub async fn mark_failed(
+        &self,
+        id: &str,
+        attempts: i64,
+        status: Option<u16>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET status = 'failed', attempts = ?, last_status = ?, \
+             last_error = ? WHERE id = ? AND status = 'pending'",
+        )
+        .bind(attempts)
+        .bind(status.map(i64::from))
+        .bind(error)
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(())
+    }
+
+    /// The endpoint answered 410 Gone: remember it and mark its pending deliveries `disabled`.
+    /// Returns how many pending deliveries were dropped.
+    pub async fn disable_endpoint(&self, url: &str, now: i64) -> Result<u64> {
+        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        sqlx::query("INSERT OR IGNORE INTO webhook_disabled (url, disabled_at) VALUES (?, ?)")
+            .bind(url)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
+        let dropped = sqlx::query(
+            "UPDATE webhook_outbox SET status = 'disabled' WHERE url = ? AND status = 'pending'",
+        )
+        .bind(url)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
+        tx.commit().await.map_err(StoreError::classify)?;
+        Ok(dropped.rows_affected())
+    }
+
+    pub async fn is_disabled(&self, url: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM webhook_disabled WHERE url = ?")
+            .bind(url)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::classify)?;
+        Ok(row.is_some())
+    }
+
+    pub async fn webhook_state(&self, id: &str) -> Result<Option<OutboxState>> {
+        let row = sqlx::query(
+            "SELECT status, attempts, next_attempt_at, last_status, last_error, delivered_at \
+             FROM webhook_outbox WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(StoreError::classify)?;
+        row.map(|r| {
+            Ok(OutboxState {
+                status: r.try_get(0)?,
+                attempts: r.try_get(1)?,
+                next_attempt_at: r.try_get(2)?,
+                last_status: r.try_get(3)?,
+                last_error: r.try_get(4)?,
+                delivered_at: r.try_get(5)?,
+            })
+        })
+        .transpose()
+    }
+}

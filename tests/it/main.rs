@@ -4,6 +4,7 @@ mod support;
 
 mod captures;
 mod claims;
+mod durability;
 mod lifecycle;
 mod pairing;
 mod protocol;

@@ -303,7 +303,11 @@ impl Room {
             _ => Vec::new(),
         };
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-        st.watchers.push(Watcher { role, tx });
+        // An ended session has no live part: dropping `tx` ends the stream after the replay (the
+        // caller may have seen it open just before the close).
+        if st.ended.is_none() {
+            st.watchers.push(Watcher { role, tx });
+        }
         Ok((replay, rx))
     }
 

@@ -245,9 +245,11 @@ impl Store {
             .map_err(StoreError::classify)?;
         }
         if let Some(req) = new.fulfils {
-            sqlx::query(
+            // Conditional: two stills racing for one request both passed the handler's check;
+            // only the first to commit may fulfil it (the transaction then rolls back).
+            let updated = sqlx::query(
                 "UPDATE capture_requests SET status = 'fulfilled', capture_id = ? \
-                 WHERE session_id = ? AND request_id = ?",
+                 WHERE session_id = ? AND request_id = ? AND status <> 'fulfilled'",
             )
             .bind(&c.id)
             .bind(&c.session_id)
@@ -255,6 +257,9 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::classify)?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::RequestFulfilled);
+            }
         }
         insert_events(&mut tx, new.events).await?;
         for row in new.outbox {

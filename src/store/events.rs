@@ -56,6 +56,19 @@ impl Appender {
         }
     }
 
+    /// Returns once everything queued before it has been written (or has failed): what
+    /// [`Self::append_detached`] queued is on disk before the database is closed.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        let flushed = Batch {
+            rows: Vec::new(),
+            done,
+        };
+        if self.tx.send(flushed).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
     /// Appends rows and returns once they are committed.
     pub async fn append(&self, rows: Vec<EventRow>) -> Result<()> {
         if rows.is_empty() {

@@ -32,6 +32,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the event writer has stopped")]
     WriterGone,
+    /// The capture request a capture was to fulfil is fulfilled already (or unknown).
+    #[error("the capture request is already fulfilled")]
+    RequestFulfilled,
 }
 
 impl StoreError {
@@ -97,6 +100,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.appender.flush().await;
         self.write.close().await;
         self.read.close().await;
     }

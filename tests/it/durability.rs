@@ -25,7 +25,13 @@ struct Proc {
 impl Proc {
     async fn start(dir: &std::path::Path, port: u16) -> Proc {
         let child = Command::new(env!("CARGO_BIN_EXE_capturelink"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--api-key", API_KEY])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--api-key",
+                API_KEY,
+            ])
             .arg("--data-dir")
             .arg(dir)
             .env("RUST_LOG", "warn")
@@ -42,7 +48,10 @@ impl Proc {
             {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "server did not come up");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server did not come up"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Proc { child, base }
@@ -121,7 +130,9 @@ async fn acknowledged_captures_and_events_survive_kill_9() {
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let mut agent = Client { ws };
     agent.expect("welcome").await;
-    agent.send(json!({"type":"chat","id":"c1","text":"before the crash"})).await;
+    agent
+        .send(json!({"type":"chat","id":"c1","text":"before the crash"}))
+        .await;
     agent.expect("ack").await;
 
     // Uploads in flight: keep sending until 6 are acknowledged, then kill the server mid-stream.
@@ -180,7 +191,11 @@ async fn acknowledged_captures_and_events_survive_kill_9() {
             .bytes()
             .await
             .unwrap();
-        assert_eq!(hex::encode(Sha256::digest(&bytes)), *sha, "image bytes of {id}");
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            *sha,
+            "image bytes of {id}"
+        );
     }
 
     // Every capture in the list has its file, no id twice, and no file is left without a row.
@@ -199,19 +214,30 @@ async fn acknowledged_captures_and_events_survive_kill_9() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), items.len());
-    let stored: std::collections::HashSet<String> =
-        items.iter().map(|c| c["sha256"].as_str().unwrap().to_owned()).collect();
+    let stored: std::collections::HashSet<String> = items
+        .iter()
+        .map(|c| c["sha256"].as_str().unwrap().to_owned())
+        .collect();
     let mut files = 0;
     for fan in std::fs::read_dir(dir.path().join("media/originals")).unwrap() {
         for f in std::fs::read_dir(fan.unwrap().path()).unwrap() {
             let path = f.unwrap().path();
             let stem = path.file_stem().unwrap().to_str().unwrap().to_owned();
-            assert!(stored.contains(&stem), "orphan file {} survived the restart", path.display());
+            assert!(
+                stored.contains(&stem),
+                "orphan file {} survived the restart",
+                path.display()
+            );
             files += 1;
         }
     }
     assert_eq!(files, stored.len());
-    assert_eq!(std::fs::read_dir(dir.path().join("media/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("media/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
 
     // The acknowledged chat is in the customer's log.
     let customer_token = s["customer_token"].as_str().unwrap();
@@ -225,5 +251,8 @@ async fn acknowledged_captures_and_events_survive_kill_9() {
             saw_chat = true;
         }
     }
-    assert!(saw_chat, "the acknowledged chat was replayed after the crash");
+    assert!(
+        saw_chat,
+        "the acknowledged chat was replayed after the crash"
+    );
 }

@@ -247,3 +247,56 @@ impl Client {
         }
     }
 }
+
+/// A capture upload's multipart body: the `image` part (bytes with a declared content type, or
+/// none) and the `meta` part (JSON).
+pub fn capture_form(image: Option<(Vec<u8>, &str)>, meta: &Value) -> reqwest::multipart::Form {
+    let mut form = reqwest::multipart::Form::new();
+    if let Some((bytes, mime)) = image {
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name("capture")
+            .mime_str(mime)
+            .unwrap();
+        form = form.part("image", part);
+    }
+    form.part(
+        "meta",
+        reqwest::multipart::Part::text(meta.to_string())
+            .mime_str("application/json")
+            .unwrap(),
+    )
+}
+
+impl TestServer {
+    /// `POST /api/v1/sessions/{id}/captures` with `credential` (API key or join token).
+    pub async fn upload(
+        &self,
+        session_id: &str,
+        credential: &str,
+        form: reqwest::multipart::Form,
+        idempotency_key: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/api/v1/sessions/{session_id}/captures")))
+            .bearer_auth(credential)
+            .multipart(form);
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        req.send().await.expect("upload request completes")
+    }
+}
+
+impl TestServer {
+    /// Like [`TestServer::restart`], with `tune` applied to the new start's settings (which
+    /// `restart` takes fresh from [`settings`]).
+    pub async fn restart_with(mut self, tune: impl FnOnce(&mut Settings)) -> Self {
+        let tmp = self._tmp.take();
+        let data_dir = self.data_dir.clone();
+        self.running.take().unwrap().shutdown().await;
+        let mut s = settings(&data_dir);
+        tune(&mut s);
+        Self::start_in(s, tmp).await
+    }
+}

@@ -71,6 +71,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::router())
+        .merge(api::openapi::docs_router())
         .route("/ws", get(signaling::ws_handler))
         .route("/healthz", get(|| async { "ok" }))
         .merge(web::router())

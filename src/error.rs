@@ -14,14 +14,29 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error, as `application/problem+json` (RFC 9457). Clients branch on `code`, which is stable;
+/// `detail` is for people and may change.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://capturelink.dev/problems/not-found",
+    "title": "Not Found",
+    "status": 404,
+    "code": "not_found",
+    "detail": "session not found"
+}))]
+pub struct Problem {
+    /// A URI naming the kind of problem: `https://capturelink.dev/problems/<code with dashes>`.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    code: &'a str,
-    detail: &'a str,
+    #[schema(format = "uri")]
+    pub kind: String,
+    /// The HTTP status's reason phrase.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// Stable snake_case code, e.g. `not_found`, `invalid_area`, `session_closed`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub detail: String,
 }
 
 impl ApiError {
@@ -111,10 +126,10 @@ impl IntoResponse for ApiError {
                 "https://capturelink.dev/problems/{}",
                 self.code.replace('_', "-")
             ),
-            title: self.title(),
+            title: self.title().to_owned(),
             status: self.status.as_u16(),
-            code: self.code,
-            detail: &self.detail,
+            code: self.code.to_owned(),
+            detail: self.detail,
         };
         let mut res = (self.status, Json(body)).into_response();
         res.headers_mut().insert(

@@ -28,17 +28,37 @@ use super::sessions::session_for;
 const MAX_META: usize = 16 * 1024;
 const MAX_NOTE: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+/// The `meta` part of an upload: a JSON object.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct UploadMeta {
+    #[schema(value_type = crate::api::openapi::Area)]
     area: String,
+    #[schema(value_type = crate::api::openapi::Angle)]
     angle: String,
+    /// The checklist slot this capture fills (by default the requested slot, if any).
     #[serde(default)]
     slot_id: Option<String>,
+    /// The agent's `capture.request` this answers, 1 to 128 characters (required with the
+    /// customer's token).
     #[serde(default)]
     request_id: Option<String>,
+    /// At most 1000 characters.
     #[serde(default)]
     note: Option<String>,
+    #[schema(value_type = crate::api::openapi::CaptureSource)]
     source: String,
+}
+
+// For the OpenAPI document only: `read_upload` streams the parts.
+/// An upload: `multipart/form-data` with the parts `image` and `meta`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct CaptureUpload {
+    /// The picture: JPEG, PNG or WebP, stored byte for byte as received.
+    #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
+    image: Vec<u8>,
+    /// JSON text (the part's Content-Type may be `application/json` or none).
+    meta: UploadMeta,
 }
 
 /// The parts of an upload, read with the size cap enforced while streaming.
@@ -193,6 +213,42 @@ fn created(state: &AppState, row: &CaptureRow, replayed: bool) -> Response {
 }
 
 /// `POST /sessions/{id}/captures`
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/captures",
+    tag = "captures",
+    summary = "Upload a capture",
+    description = "Multipart with two parts: `image` (JPEG, PNG or WebP) and `meta` (JSON). The \
+image is checked, measured (`quality`) and stored as received; both peers get `capture.created`. \
+The customer's token uploads only `customer_still` captures answering a pending `request_id`; \
+when such an upload fails the agent is sent `capture.failed`. `Idempotency-Key` makes a retry \
+safe: the same key with the same bytes answers the same capture (201, `Idempotent-Replayed: \
+true`); other bytes under the same key get 409.",
+    params(
+        ("id" = String, Path, description = "The session id (`ses_…`)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; makes a retry safe."),
+    ),
+    request_body(content = inline(CaptureUpload), content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Stored (or replayed under the same `Idempotency-Key`).", body = CaptureView,
+            headers(
+                ("Location" = String, description = "`/api/v1/captures/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this answers an earlier upload with the same key"),
+            )),
+        (status = 400, description = "`invalid_multipart`, `invalid_idempotency_key`"),
+        (status = 401, description = "`unauthorized`: no or unknown credential"),
+        (status = 403, description = "`forbidden` (the customer uploads only `customer_still`), `request_required` (the customer needs a pending `request_id`)"),
+        (status = 404, description = "`not_found`: no such session, or no such capture request"),
+        (status = 409, description = "`idempotency_key_reused`, `request_fulfilled`"),
+        (status = 410, description = "`session_closed`, `session_expired`"),
+        (status = 413, description = "`payload_too_large`: over the server's `--max-upload-bytes`"),
+        (status = 415, description = "`unsupported_media_type`, `media_type_mismatch` (the bytes are not what the part declares)"),
+        (status = 422, description = "`missing_image`, `missing_meta`, `invalid_meta`, `invalid_area`, `invalid_angle`, \
+`invalid_source`, `invalid_slot`, `image_too_large` (too many pixels), `corrupt_image`, `decode_failed`"),
+        (status = 507, description = "`insufficient_storage`: the server's disk is full; retry later (`Retry-After`)"),
+    ),
+    security(("api_key" = []), ("join_token" = [])),
+)]
 pub async fn upload_capture(
     State(state): State<AppState>,
     caller: Caller,
@@ -425,6 +481,10 @@ async fn store_upload(
                     ApiError::gone("session_expired", "the session has expired")
                 }
                 RoomError::Ended(_) => ApiError::gone("session_closed", "the session is closed"),
+                RoomError::Store(crate::store::StoreError::RequestFulfilled) => ApiError::conflict(
+                    "request_fulfilled",
+                    "this capture request has already been fulfilled",
+                ),
                 RoomError::Store(s) => s.into(),
                 other => ApiError::internal(other),
             })
@@ -460,6 +520,21 @@ async fn capture_for(state: &AppState, caller: &Caller, id: &str) -> Result<Capt
 }
 
 /// `GET /sessions/{id}/captures`
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}/captures",
+    tag = "captures",
+    summary = "List a session's captures",
+    description = "Every capture of the session, oldest first, as `{items: [capture…]}`.",
+    params(("id" = String, Path, description = "The session id (`ses_…`)")),
+    responses(
+        (status = 200, description = "The captures", body = crate::session::view::CaptureList),
+        (status = 401, description = "`unauthorized`: no or unknown credential"),
+        (status = 404, description = "`not_found`: no such session (or not this token's session)"),
+        (status = 410, description = "`session_closed`, `session_expired`: the join token died with its session"),
+    ),
+    security(("api_key" = []), ("join_token" = []), ("token_query" = [])),
+)]
 pub async fn list_captures(
     State(state): State<AppState>,
     caller: Caller,
@@ -475,6 +550,20 @@ pub async fn list_captures(
 }
 
 /// `GET /captures/{id}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/captures/{id}",
+    tag = "captures",
+    summary = "Get a capture",
+    params(("id" = String, Path, description = "The capture id (`cap_…`)")),
+    responses(
+        (status = 200, description = "The capture", body = CaptureView),
+        (status = 401, description = "`unauthorized`: no or unknown credential"),
+        (status = 404, description = "`not_found`: no such capture (or not in this token's session)"),
+        (status = 410, description = "`session_closed`, `session_expired`: the join token died with its session"),
+    ),
+    security(("api_key" = []), ("join_token" = []), ("token_query" = [])),
+)]
 pub async fn get_capture(
     State(state): State<AppState>,
     caller: Caller,
@@ -530,6 +619,31 @@ async fn file_response(
 }
 
 /// `GET /captures/{id}/image`: the original bytes as received.
+#[utoipa::path(
+    get,
+    path = "/api/v1/captures/{id}/image",
+    tag = "captures",
+    summary = "Get a capture's original image",
+    description = "The bytes exactly as uploaded, with the capture's `mime` as `Content-Type`. The \
+`ETag` is the quoted SHA-256; `If-None-Match` answers 304.",
+    params(
+        ("id" = String, Path, description = "The capture id (`cap_…`)"),
+        ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The original image",
+            content(("image/jpeg"), ("image/png"), ("image/webp")),
+            headers(
+                ("ETag" = String, description = "The quoted SHA-256 of the bytes"),
+                ("Cache-Control" = String, description = "`private, max-age=31536000, immutable`"),
+            )),
+        (status = 304, description = "Not modified (`If-None-Match` matched)"),
+        (status = 401, description = "`unauthorized`: no or unknown credential"),
+        (status = 404, description = "`not_found`: no such capture (or not in this token's session)"),
+        (status = 410, description = "`session_closed`, `session_expired`: the join token died with its session"),
+    ),
+    security(("api_key" = []), ("join_token" = []), ("token_query" = [])),
+)]
 pub async fn get_capture_image(
     State(state): State<AppState>,
     caller: Caller,
@@ -548,6 +662,29 @@ pub async fn get_capture_image(
 }
 
 /// `GET /captures/{id}/thumbnail`: JPEG, long edge at most 320 px.
+#[utoipa::path(
+    get,
+    path = "/api/v1/captures/{id}/thumbnail",
+    tag = "captures",
+    summary = "Get a capture's thumbnail",
+    description = "A JPEG, long edge at most 320 px. `If-None-Match` with its `ETag` answers 304.",
+    params(
+        ("id" = String, Path, description = "The capture id (`cap_…`)"),
+        ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The thumbnail", content(("image/jpeg")),
+            headers(
+                ("ETag" = String, description = "Quoted; derived from the original's SHA-256"),
+                ("Cache-Control" = String, description = "`private, max-age=31536000, immutable`"),
+            )),
+        (status = 304, description = "Not modified (`If-None-Match` matched)"),
+        (status = 401, description = "`unauthorized`: no or unknown credential"),
+        (status = 404, description = "`not_found`: no such capture (or not in this token's session)"),
+        (status = 410, description = "`session_closed`, `session_expired`: the join token died with its session"),
+    ),
+    security(("api_key" = []), ("join_token" = []), ("token_query" = [])),
+)]
 pub async fn get_capture_thumbnail(
     State(state): State<AppState>,
     caller: Caller,

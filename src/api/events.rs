@@ -43,6 +43,32 @@ fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<i64>
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}/events",
+    tag = "events",
+    summary = "Follow a session's events (SSE)",
+    description = "`text/event-stream`: the session's durable events, the same JSON objects the \
+WebSocket carries (`peer.joined`, `peer.left`, `capture.created`, `capture.failed`, \
+`checklist.updated`, `session.closed`, …), one per `data:` line, with `id:` = the event's `seq`. \
+An API key or the agent's token follows the agent's log; the customer's token the customer's. \
+`Last-Event-ID` (or `?last_event_id=`) resumes after that seq; without it the stream starts with \
+what comes next. A closed or expired session's stream is its log, then it ends. A comment line \
+keeps the connection alive every 15 s.",
+    params(
+        ("id" = String, Path, description = "The session id (`ses_…`)"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this `seq`"),
+        ("last_event_id" = Option<i64>, Query, description = "The same, for `EventSource`, which cannot set the header"),
+    ),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_last_event_id`: not a non-negative integer"),
+        (status = 401, description = "`unauthorized`: no or unknown credential"),
+        (status = 404, description = "`not_found`: no such session (or not this token's session)"),
+        (status = 410, description = "`session_closed`, `session_expired`: the join token died with its session"),
+    ),
+    security(("api_key" = []), ("join_token" = []), ("token_query" = [])),
+)]
 pub async fn session_events(
     State(state): State<AppState>,
     caller: Caller,

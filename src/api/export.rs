@@ -20,6 +20,23 @@ use crate::error::ApiError;
 use crate::session::view::{CaptureView, SessionView};
 use crate::store::now_ms;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}/export",
+    tag = "export",
+    summary = "Export a session as a ZIP",
+    description = "`application/zip` with `manifest.json` (format `capturelink.export.v1`: \
+`exported_at`, the `session` and its `captures`, each with the `file` it is stored under) and the \
+original images as received, under `images/<capture id>.<ext>`.",
+    params(("id" = String, Path, description = "The session id (`ses_…`)")),
+    responses(
+        (status = 200, description = "The archive", content(("application/zip")),
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"capturelink-<id>.zip\"`"))),
+        (status = 401, description = "`unauthorized`: no or unknown API key"),
+        (status = 404, description = "`not_found`: no such session"),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn export_session(
     State(state): State<AppState>,
     ApiKeyCaller(_): ApiKeyCaller,

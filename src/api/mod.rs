@@ -3,6 +3,7 @@
 mod captures;
 mod events;
 mod export;
+pub mod openapi;
 mod sessions;
 
 use axum::Router;
@@ -33,5 +34,6 @@ pub fn router() -> Router<AppState> {
             "/captures/{id}/thumbnail",
             get(captures::get_capture_thumbnail),
         )
+        .route("/openapi.json", get(openapi::get_openapi))
         .fallback(|| async { crate::error::ApiError::not_found("resource") })
 }

@@ -23,8 +23,11 @@ const MAX_TEXT: usize = 200;
 const MAX_SLOTS: usize = 100;
 const MAX_EXPIRES_IN_S: u64 = 30 * 24 * 3600;
 
-#[derive(Debug, Deserialize)]
+/// A new capture session. Only `claim_ref` is required.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateSession {
+    /// The claims system's reference for the claim, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200, example = "CLM-2024-0042")]
     claim_ref: String,
     #[serde(default)]
     vehicle: Option<Vehicle>,
@@ -32,16 +35,26 @@ pub struct CreateSession {
     customer: Option<Customer>,
     #[serde(default)]
     checklist: Option<ChecklistSpec>,
+    /// The customer page's language.
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::openapi::Locale>)]
     locale: Option<String>,
+    /// Seconds until the session expires, 1 to 2592000 (30 days); the default is the server's
+    /// `--session-ttl`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2592000)]
     expires_in_s: Option<u64>,
+    /// Where this session's webhooks (`session.started`, `capture.created`, `session.closed`) are
+    /// sent, signed per Standard Webhooks.
     #[serde(default)]
+    #[schema(format = "uri")]
     webhook_url: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The insured vehicle; every field at most 200 characters.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 struct Vehicle {
+    /// Licence plate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     plate: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,7 +67,8 @@ struct Vehicle {
     color: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The customer; every field at most 200 characters.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 struct Customer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
@@ -62,17 +76,25 @@ struct Customer {
     phone: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The pictures to ask for: `"claim_default"` (also when omitted) or a list of at most 100 slots.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
+#[schema(as = Checklist)]
 enum ChecklistSpec {
+    /// A named checklist: `claim_default` (VIN, odometer, four overviews, both plates).
+    #[schema(example = "claim_default")]
     Named(String),
     Slots(Vec<SlotSpec>),
 }
 
-#[derive(Debug, Deserialize)]
+/// One picture to ask for.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct SlotSpec {
+    #[schema(value_type = crate::api::openapi::Area)]
     area: String,
+    #[schema(value_type = crate::api::openapi::Angle)]
     angle: String,
+    /// A label for people, at most 200 characters.
     #[serde(default)]
     label: Option<String>,
 }
@@ -202,13 +224,19 @@ fn new_session_id() -> String {
 }
 
 /// The session as a claims system sees it, with the join links (they carry the tokens).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SessionWithLinks {
     #[serde(flatten)]
     view: SessionView,
+    /// Opens the agent console joined to this session (the token is in the URL fragment).
+    #[schema(format = "uri")]
     agent_url: String,
+    /// The link to send to the customer: opens the customer page joined to this session.
+    #[schema(format = "uri")]
     customer_url: String,
+    /// The agent's join token (also in `agent_url`).
     agent_token: String,
+    /// The customer's join token (also in `customer_url`).
     customer_token: String,
 }
 
@@ -234,6 +262,34 @@ async fn load_view(state: &AppState, row: &SessionRow) -> Result<SessionView, Ap
     Ok(view)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    summary = "Create a session",
+    description = "Creates a capture session and its two join links. `Idempotency-Key` makes a \
+retry safe: the same key with the same body answers the same session again (201, same id and \
+tokens, `Idempotent-Replayed: true`); with a different body, 409 `idempotency_key_reused`. Keys \
+are scoped to the API key.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; makes a retry safe."),
+    ),
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "Created (or replayed under the same `Idempotency-Key`).", body = SessionWithLinks,
+            headers(
+                ("Location" = String, description = "`/api/v1/sessions/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request with the same key"),
+            )),
+        (status = 400, description = "`malformed_json`, `invalid_body`, `invalid_idempotency_key`"),
+        (status = 401, description = "`unauthorized`: no or unknown API key"),
+        (status = 409, description = "`idempotency_key_reused`: the key was used with a different body"),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`"),
+        (status = 422, description = "`invalid_body`, `invalid_claim_ref`, `invalid_vehicle`, `invalid_customer`, \
+`invalid_locale`, `invalid_expires_in`, `invalid_webhook_url`, `invalid_checklist`, `invalid_area`, `invalid_angle`"),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn create_session(
     State(state): State<AppState>,
     ApiKeyCaller(key): ApiKeyCaller,
@@ -345,20 +401,44 @@ pub async fn create_session(
     Ok(res)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only sessions with this status.
+    #[param(value_type = Option<SessionStatus>)]
     status: Option<String>,
+    /// Only sessions with this `claim_ref` (exact match).
     claim_ref: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
+/// A page of sessions, newest first. Items carry no tokens or links.
+#[derive(Serialize, utoipa::ToSchema)]
 struct SessionList {
     items: Vec<SessionView>,
+    /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    summary = "List sessions",
+    description = "Newest first, with cursor pagination: pass `next_cursor` as `cursor` for the \
+next page.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of sessions", body = SessionList),
+        (status = 400, description = "`invalid_query` (bad `status` or `limit`), `invalid_cursor`"),
+        (status = 401, description = "`unauthorized`: no or unknown API key"),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn list_sessions(
     State(state): State<AppState>,
     ApiKeyCaller(_): ApiKeyCaller,
@@ -436,6 +516,24 @@ pub(super) async fn session_for(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    summary = "Get a session",
+    description = "The session with `presence` (who is connected now), the checklist with each \
+slot's status and the capture count. With the API key it also carries `agent_url`, \
+`customer_url`, `agent_token` and `customer_token`, so a claims system can send a link again; \
+with a join token it is a plain `SessionView`, without them.",
+    params(("id" = String, Path, description = "The session id (`ses_…`)")),
+    responses(
+        (status = 200, description = "The session (with the links for an API key)", body = SessionWithLinks),
+        (status = 401, description = "`unauthorized`: no or unknown credential"),
+        (status = 404, description = "`not_found`: no such session (or not this token's session)"),
+        (status = 410, description = "`session_closed`, `session_expired`: the join token died with its session"),
+    ),
+    security(("api_key" = []), ("join_token" = []), ("token_query" = [])),
+)]
 pub async fn get_session(
     State(state): State<AppState>,
     caller: Caller,
@@ -449,6 +547,24 @@ pub async fn get_session(
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/close",
+    tag = "sessions",
+    summary = "Close a session",
+    description = "Ends the session: both peers are sent `session.closed` and their connections \
+close with 4009; later joins get 410 and the join tokens stop working. Closing a closed session \
+answers 200 again; an expired one answers 410 `session_expired`. The customer's token gets 403.",
+    params(("id" = String, Path, description = "The session id (`ses_…`)")),
+    responses(
+        (status = 200, description = "The closed session", body = SessionView),
+        (status = 401, description = "`unauthorized`: no or unknown credential"),
+        (status = 403, description = "`forbidden`: the customer's token may not close"),
+        (status = 404, description = "`not_found`: no such session"),
+        (status = 410, description = "`session_expired`; with a join token also `session_closed`"),
+    ),
+    security(("api_key" = []), ("join_token" = [])),
+)]
 pub async fn close_session(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,7 +6,8 @@ use super::events::insert_events;
 use super::webhooks::{OutboxRow, enqueue_webhook};
 use super::{EventRow, Result, Store, StoreError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// `created` → `active` (first join) → `closed`; `expired` when `expires_at` passes unclosed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionStatus {
     Created,
@@ -70,15 +71,23 @@ impl SessionRow {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// One picture the checklist asks for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Slot)]
 pub struct SlotRow {
+    /// `slot_1`, `slot_2`, … in checklist order.
     pub id: String,
     #[serde(skip)]
     pub position: i64,
+    #[schema(value_type = crate::api::openapi::Area)]
     pub area: String,
+    #[schema(value_type = crate::api::openapi::Angle)]
     pub angle: String,
+    /// The label given at creation, or null.
     pub label: Option<String>,
+    #[schema(value_type = crate::api::openapi::SlotStatus)]
     pub status: String,
+    /// The capture that filled the slot, once `done`.
     pub capture_id: Option<String>,
 }
 

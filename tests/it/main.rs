@@ -6,6 +6,7 @@ mod captures;
 mod claims;
 mod durability;
 mod lifecycle;
+mod openapi;
 mod pairing;
 mod protocol;
 mod sessions_api;

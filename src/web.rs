@@ -1,6 +1,6 @@
 //! The two pages: the agent console (`/agent/`, from web-agent/) and the customer page
-//! (`/customer/`, from web-customer/). Embedded into release builds; read from disk in debug builds,
-//! so a page edit shows on reload.
+//! (`/customer/`, from web-customer/), and the modules they share (`/shared/`, from web-shared/).
+//! Embedded into release builds; read from disk in debug builds, so a page edit shows on reload.
 
 use axum::Router;
 use axum::extract::Path;
@@ -18,6 +18,23 @@ struct AgentPages;
 #[derive(RustEmbed)]
 #[folder = "web-customer/"]
 struct CustomerPages;
+
+#[derive(RustEmbed)]
+#[folder = "web-shared/"]
+#[exclude = "test/*"]
+#[exclude = "*.md"]
+struct SharedModules;
+
+/// Everything the pages load comes from this origin: no inline script or style, no CDN. Images
+/// may be `blob:` (the QR code, a grabbed frame) or `data:`; video is a `MediaStream`.
+/// `connect-src 'self'` covers the same-origin `ws:`/`wss:` WebSocket.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+style-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; \
+font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The pages use the camera and microphone themselves and lend them to no one.
+const PERMISSIONS_POLICY: &str =
+    "camera=(self), microphone=(self), geolocation=(), payment=(), usb=()";
 
 fn serve<E: RustEmbed>(path: &str) -> Response {
     let path = if path.is_empty() || path.ends_with('/') {
@@ -42,6 +59,15 @@ fn serve<E: RustEmbed>(path: &str) -> Response {
                 header::REFERRER_POLICY,
                 HeaderValue::from_static("no-referrer"),
             );
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+            );
+            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            h.insert(
+                "permissions-policy",
+                HeaderValue::from_static(PERMISSIONS_POLICY),
+            );
             res
         }
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
@@ -65,5 +91,9 @@ pub fn router() -> Router<AppState> {
         .route(
             "/customer/{*path}",
             get(|Path(p): Path<String>| async move { serve::<CustomerPages>(&p) }),
+        )
+        .route(
+            "/shared/{*path}",
+            get(|Path(p): Path<String>| async move { serve::<SharedModules>(&p) }),
         )
 }

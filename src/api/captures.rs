@@ -294,6 +294,7 @@ pub async fn upload_capture(
     let failed = match (&outcome, customer_request) {
         // The agent is waiting for this still: tell it why it will not come, so it can fall back.
         (Err(e), Some(request_id)) => Some(Event::CaptureFailed {
+            from: None,
             request_id,
             code: e.code.to_owned(),
             message: e.detail.clone(),

@@ -3,6 +3,9 @@
 mod captures;
 mod events;
 mod export;
+mod join;
+
+pub use join::qr_svg;
 pub mod openapi;
 mod sessions;
 
@@ -19,6 +22,9 @@ pub fn router() -> Router<AppState> {
         )
         .route("/sessions/{id}", get(sessions::get_session))
         .route("/sessions/{id}/close", post(sessions::close_session))
+        .route("/sessions/{id}/links", get(join::get_session_links))
+        .route("/sessions/{id}/customer-qr.svg", get(join::get_customer_qr))
+        .route("/join", get(join::get_join))
         .route(
             "/sessions/{id}/captures",
             post(captures::upload_capture)

@@ -43,6 +43,9 @@ cannot be set (`<img src>`, `EventSource`).\n\nEvery refusal is `application/pro
         super::sessions::list_sessions,
         super::sessions::get_session,
         super::sessions::close_session,
+        super::join::get_session_links,
+        super::join::get_customer_qr,
+        super::join::get_join,
         super::captures::upload_capture,
         super::captures::list_captures,
         super::events::session_events,
@@ -57,6 +60,7 @@ cannot be set (`<img src>`, `EventSource`).\n\nEvery refusal is `application/pro
     tags(
         (name = "sessions", description = "Create, list, read and close capture sessions."),
         (name = "captures", description = "Upload captures and read them back: JSON, original image, thumbnail."),
+        (name = "join", description = "For the two pages: what a join token stands for, the join links again, the customer's link as a QR code."),
         (name = "events", description = "A session's durable events as Server-Sent Events."),
         (name = "export", description = "The whole session as a ZIP, for the claim file."),
         (name = "meta", description = "This document."),

@@ -240,15 +240,27 @@ struct SessionWithLinks {
     customer_token: String,
 }
 
-fn with_links(state: &AppState, row: &SessionRow, view: SessionView) -> SessionWithLinks {
+/// The session's `(agent_url, customer_url)`: the tokens ride in the fragment, which browsers
+/// never send to a server (nor put in a `Referer`).
+pub(super) fn links(state: &AppState, row: &SessionRow) -> (String, String) {
     let agent_token = state.tokens.token(&row.token_salt, Role::Agent);
     let customer_token = state.tokens.token(&row.token_salt, Role::Customer);
-    SessionWithLinks {
-        agent_url: format!(
+    (
+        format!(
             "{}/agent/?session={}#token={agent_token}",
             state.public_url, row.id
         ),
-        customer_url: format!("{}/customer/#token={customer_token}", state.public_url),
+        format!("{}/customer/#token={customer_token}", state.public_url),
+    )
+}
+
+fn with_links(state: &AppState, row: &SessionRow, view: SessionView) -> SessionWithLinks {
+    let agent_token = state.tokens.token(&row.token_salt, Role::Agent);
+    let customer_token = state.tokens.token(&row.token_salt, Role::Customer);
+    let (agent_url, customer_url) = links(state, row);
+    SessionWithLinks {
+        agent_url,
+        customer_url,
         view,
         agent_token,
         customer_token,

@@ -38,6 +38,10 @@ pub enum ClientMsg {
     SessionClose,
     /// Extension: the agent adds a slot to the checklist during the call.
     ChecklistAdd(NewSlot),
+    /// Extension: the customer's camera reports what it can do (torch, zoom, still size).
+    DeviceCapabilities(DeviceCapabilities),
+    /// Extension: the customer's page could not take or upload the still for a `capture.request`.
+    CaptureFailed(CaptureFailure),
 }
 
 impl ClientMsg {
@@ -51,6 +55,8 @@ impl ClientMsg {
             ClientMsg::Ping { .. } => "ping",
             ClientMsg::SessionClose => "session.close",
             ClientMsg::ChecklistAdd(_) => "checklist.add",
+            ClientMsg::DeviceCapabilities(_) => "device.capabilities",
+            ClientMsg::CaptureFailed(_) => "capture.failed",
         }
     }
 
@@ -62,6 +68,9 @@ impl ClientMsg {
             | ClientMsg::Camera(_)
             | ClientMsg::SessionClose
             | ClientMsg::ChecklistAdd(_) => role == Role::Agent,
+            ClientMsg::DeviceCapabilities(_) | ClientMsg::CaptureFailed(_) => {
+                role == Role::Customer
+            }
             ClientMsg::Signal { .. } | ClientMsg::Chat { .. } | ClientMsg::Ping { .. } => true,
         }
     }
@@ -128,6 +137,44 @@ pub struct Camera {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facing: Option<Facing>,
 }
+
+/// The range of the camera's zoom, as `MediaTrackCapabilities.zoom` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ZoomRange {
+    pub min: f64,
+    pub max: f64,
+    #[serde(default)]
+    pub step: f64,
+}
+
+/// The size of the stills the camera takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhotoSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// What the customer's camera can do (`device.capabilities`); absent means "not supported".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceCapabilities {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoom: Option<ZoomRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photo: Option<PhotoSize>,
+}
+
+/// The customer's page reports that it could not deliver the still for a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureFailure {
+    pub request_id: String,
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+pub const MAX_FAILURE_MESSAGE: usize = 500;
 
 /// Why a client message was refused; sent as `{"type":"error","code","message","ref"}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -254,6 +301,53 @@ pub fn parse(text: &str) -> Result<Incoming, ProtocolError> {
             }
             ClientMsg::ChecklistAdd(slot)
         }
+        "device.capabilities" => {
+            let caps: DeviceCapabilities = fields(rest).map_err(invalid)?;
+            if let Some(z) = caps.zoom {
+                let ok = z.min.is_finite()
+                    && z.max.is_finite()
+                    && z.step.is_finite()
+                    && z.min > 0.0
+                    && z.max >= z.min
+                    && z.max <= 1000.0
+                    && z.step >= 0.0;
+                if !ok {
+                    return Err(invalid(
+                        "`zoom` must be {min, max, step} with 0 < min <= max <= 1000".into(),
+                    ));
+                }
+            }
+            if let Some(p) = caps.photo
+                && (!(1..=65_535).contains(&p.width) || !(1..=65_535).contains(&p.height))
+            {
+                return Err(invalid("`photo` must be {width, height} in pixels".into()));
+            }
+            ClientMsg::DeviceCapabilities(caps)
+        }
+        "capture.failed" => {
+            let f: CaptureFailure = fields(rest).map_err(invalid)?;
+            if f.request_id.is_empty() || f.request_id.len() > MAX_REQUEST_ID {
+                return Err(invalid(format!(
+                    "`request_id` must be 1 to {MAX_REQUEST_ID} characters"
+                )));
+            }
+            let code_ok = !f.code.is_empty()
+                && f.code.len() <= 64
+                && f.code
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !code_ok {
+                return Err(invalid(
+                    "`code` must be 1 to 64 characters of a-z, 0-9 and _".into(),
+                ));
+            }
+            if f.message.chars().count() > MAX_FAILURE_MESSAGE {
+                return Err(invalid(format!(
+                    "`message` is at most {MAX_FAILURE_MESSAGE} characters"
+                )));
+            }
+            ClientMsg::CaptureFailed(f)
+        }
         other => {
             return Err(ProtocolError::new(
                 "unknown_type",
@@ -346,11 +440,22 @@ pub enum Event {
     CaptureCreated {
         capture: Box<crate::session::view::CaptureView>,
     },
+    /// To the agent: a still for `request_id` did not arrive. `from` is absent when the server
+    /// refused the customer's upload, `customer` when the customer's page reports it.
     #[serde(rename = "capture.failed")]
     CaptureFailed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<Role>,
         request_id: String,
         code: String,
         message: String,
+    },
+    /// Extension: the customer's camera capabilities, relayed to the agent.
+    #[serde(rename = "device.capabilities")]
+    DeviceCapabilities {
+        from: Role,
+        #[serde(flatten)]
+        capabilities: DeviceCapabilities,
     },
     /// Extension: the checklist changed (a slot was added or filled); the whole list, in order.
     #[serde(rename = "checklist.updated")]
@@ -377,6 +482,7 @@ impl Event {
             Event::PeerLeft { .. } => "peer.left",
             Event::CaptureCreated { .. } => "capture.created",
             Event::CaptureFailed { .. } => "capture.failed",
+            Event::DeviceCapabilities { .. } => "device.capabilities",
             Event::ChecklistUpdated { .. } => "checklist.updated",
             Event::SessionClosed { .. } => "session.closed",
         }
@@ -394,6 +500,15 @@ impl Event {
             ClientMsg::CaptureRequest(request) => Event::CaptureRequest { from, request },
             ClientMsg::Camera(camera) => Event::Camera { from, camera },
             ClientMsg::Chat { text } => Event::Chat { from, text },
+            ClientMsg::DeviceCapabilities(capabilities) => {
+                Event::DeviceCapabilities { from, capabilities }
+            }
+            ClientMsg::CaptureFailed(f) => Event::CaptureFailed {
+                from: Some(from),
+                request_id: f.request_id,
+                code: f.code,
+                message: f.message,
+            },
             ClientMsg::Ping { .. } | ClientMsg::SessionClose | ClientMsg::ChecklistAdd(_) => {
                 return None;
             }

@@ -7,6 +7,7 @@ mod claims;
 mod durability;
 mod lifecycle;
 mod openapi;
+mod pages;
 mod pairing;
 mod protocol;
 mod sessions_api;

@@ -113,6 +113,9 @@ function onWelcome(w) {
     if (loc !== locale()) setLocale(loc);
   }
   setPeer(!!w.peer_present);
+  // The customer keeps its overlay across our own reconnects (and a replay brings any peer.joined
+  // we missed); only a welcome that replays nothing may hide that the customer reloaded meanwhile.
+  if (w.peer_present && w.resumed === false) resendGuide();
   S.captures = new Map();
   for (const c of w.captures || []) S.captures.set(c.id, c);
   for (const c of w.captures || []) if (c.request_id) resolvePending(c.request_id);
@@ -134,7 +137,12 @@ function onEvent(ev) {
       setChecklist(ev.checklist || []);
       break;
     case "peer.joined":
-      if (ev.role === "customer") setPeer(true);
+      if (ev.role === "customer") {
+        setPeer(true);
+        // A (re)joining customer page starts with no guide (the welcome does not carry it): send
+        // the one this console shows as current, so that both screens agree.
+        resendGuide();
+      }
       break;
     case "peer.left":
       if (ev.role === "customer") {
@@ -345,6 +353,12 @@ function sendGuide() {
   if (g.hint) msg.hint = g.hint;
   if (g.text) msg.text = g.text;
   S.client.send(msg).catch((e) => toast(t("toast_send_failed", { message: e?.message || e?.code || "" }), "error"));
+}
+
+/** Sends the current guide again, if there is one (after the customer page (re)joined). */
+function resendGuide() {
+  const g = S.guide;
+  if (!S.ended && (g.box || g.hint || g.text)) sendGuide();
 }
 
 function clearGuide() {
@@ -623,14 +637,70 @@ function startFallback(p, why, reason) {
   uploadFrame(p);
 }
 
-function grabFrame() {
+/**
+ * One frame of the customer's video, as a JPEG at the frame's own size. The size must come from the
+ * frame itself: while the received resolution steps up, `videoWidth` can lag the frame drawImage()
+ * paints, and a canvas sized from it stores a cropped or squeezed picture.
+ */
+async function grabFrame() {
   const v = els.remoteVideo;
-  if (!hasVideo()) return Promise.resolve(null);
+  if (!hasVideo()) return null;
+  const source = (await grabTrackFrame(v)) || (await grabPresentedFrame(v));
+  if (!source) return null;
   const c = document.createElement("canvas");
-  c.width = v.videoWidth;
-  c.height = v.videoHeight;
-  c.getContext("2d").drawImage(v, 0, 0, c.width, c.height);
+  c.width = source.width;
+  c.height = source.height;
+  c.getContext("2d").drawImage(source.image, 0, 0);
+  source.image.close?.();
   return new Promise((res) => c.toBlob((b) => res(b), "image/jpeg", JPEG_QUALITY));
+}
+
+/** ImageCapture.grabFrame(): an ImageBitmap of the track's next frame, with its own size. */
+async function grabTrackFrame(v) {
+  const track = v.srcObject?.getVideoTracks?.().find((tr) => tr.readyState === "live" && !tr.muted)
+    || v.srcObject?.getVideoTracks?.().find((tr) => tr.readyState === "live");
+  if (!track || typeof ImageCapture !== "function") return null;
+  try {
+    const bmp = await withTimeout(new ImageCapture(track).grabFrame(), 3000);
+    return bmp && bmp.width > 0 && bmp.height > 0 ? { image: bmp, width: bmp.width, height: bmp.height } : null;
+  } catch (e) {
+    console.info("ImageCapture.grabFrame failed, drawing from the video element:", e?.name || e);
+    return null;
+  }
+}
+
+/**
+ * Without ImageCapture: a copy of the video's next presented frame, sized from that frame's own
+ * metadata (requestVideoFrameCallback) and drawn in the same callback; else the current frame with
+ * the size read right before drawing it.
+ */
+function grabPresentedFrame(v) {
+  const copy = (w, h) => {
+    if (!(w > 0) || !(h > 0)) return null;
+    const c = document.createElement("canvas");
+    c.width = w;
+    c.height = h;
+    c.getContext("2d").drawImage(v, 0, 0, w, h);
+    return { image: c, width: w, height: h };
+  };
+  if (typeof v.requestVideoFrameCallback !== "function") return Promise.resolve(copy(v.videoWidth, v.videoHeight));
+  return new Promise((res) => {
+    const timer = setTimeout(() => res(copy(v.videoWidth, v.videoHeight)), 1000);
+    v.requestVideoFrameCallback((_now, meta) => {
+      clearTimeout(timer);
+      res(copy(meta.width, meta.height));
+    });
+  });
+}
+
+function withTimeout(promise, ms) {
+  return new Promise((res, rej) => {
+    const timer = setTimeout(() => rej(new Error("timeout")), ms);
+    promise.then(
+      (v) => (clearTimeout(timer), res(v)),
+      (e) => (clearTimeout(timer), rej(e)),
+    );
+  });
 }
 
 async function uploadFrame(p) {

@@ -10,6 +10,17 @@
 export const DEFAULT_MAX_BITRATE = 1_500_000; // bits/s for the outgoing video
 export const DEFAULT_MAX_LONG_EDGE = 1280;
 export const DEFAULT_MAX_SHORT_EDGE = 720;
+export const DEFAULT_WATCHDOG_MS = 10_000; // not connected this long (peer present): a new connection
+export const DEFAULT_WATCHDOG_MAX_MS = 30_000;
+
+/**
+ * How long the watchdog waits before replacing a connection that is not `connected`, after
+ * `restarts` replacements that did not connect: baseMs x 1.5^restarts, at most maxMs, +-10% jitter.
+ */
+export function watchdogDelay(restarts, { baseMs = DEFAULT_WATCHDOG_MS, maxMs = DEFAULT_WATCHDOG_MAX_MS, random = Math.random } = {}) {
+  const ms = Math.min(maxMs, baseMs * 1.5 ** Math.max(0, restarts));
+  return Math.round(ms * (0.9 + 0.2 * random()));
+}
 
 /**
  * scaleResolutionDownBy that brings a track of `settings` ({width, height}) within
@@ -96,7 +107,9 @@ export class Call extends EventTarget {
    * opts: client (a SessionClient), polite (true for the customer), receiveVideo / receiveAudio
    * (offer to receive that kind even without sending it; default: true on the impolite side),
    * maxBitrate, maxLongEdge, maxShortEdge, disconnectedGraceMs (how long ICE may stay
-   * `disconnected` before an ICE restart), RTCPeerConnection, setTimeout, clearTimeout, now.
+   * `disconnected` before an ICE restart), watchdogMs / watchdogMaxMs (a connection not
+   * `connected` this long while the peer is present is replaced; the wait grows up to the max),
+   * RTCPeerConnection, setTimeout, clearTimeout, now, random.
    */
   constructor(opts = {}) {
     super();
@@ -114,6 +127,9 @@ export class Call extends EventTarget {
     this._setTimeout = opts.setTimeout ?? ((f, ms) => globalThis.setTimeout(f, ms));
     this._clearTimeout = opts.clearTimeout ?? ((h) => globalThis.clearTimeout(h));
     this._now = opts.now ?? (() => Date.now());
+    this._random = opts.random ?? Math.random;
+    this._watchdogMs = opts.watchdogMs ?? DEFAULT_WATCHDOG_MS;
+    this._watchdogMaxMs = Math.max(this._watchdogMs, opts.watchdogMaxMs ?? DEFAULT_WATCHDOG_MAX_MS);
 
     this._pc = null;
     this._pcId = null;
@@ -124,8 +140,12 @@ export class Call extends EventTarget {
     this._makingOffer = false;
     this._ignoreOffer = false;
     this._answerPending = false;
+    this._negotiated = false; // a remote description was applied on this connection
     this._iceRestarts = 0; // since the last `connected`
     this._disconnectTimer = null;
+    this._peerPresent = false;
+    this._watchdogTimer = null;
+    this._watchdogRestarts = 0; // connections the watchdog replaced since the last `connected`
     this._lastErrorRestart = -Infinity;
     this._sample = null; // the byte counters of the last stats() call, for the rates
     this._rates = { inKbps: null, outKbps: null };
@@ -201,6 +221,7 @@ export class Call extends EventTarget {
   _onWelcome(w) {
     if (this._closed) return;
     this._iceServers = Array.isArray(w.ice_servers) ? w.ice_servers : [];
+    this._peerPresent = !!w.peer_present;
     if (!this._pc) {
       this._startOver();
       return;
@@ -216,8 +237,14 @@ export class Call extends EventTarget {
 
   _onEvent(m) {
     if (this._closed || !m) return;
-    if (m.type === "signal") this._onSignal(m.data);
-    else if (m.type === "peer.joined" && m.role !== this._client.welcome?.role && !this._connected()) this._startOver();
+    if (m.type === "signal") {
+      this._onSignal(m.data);
+    } else if (m.type === "peer.joined" && m.role !== this._client.welcome?.role) {
+      this._peerPresent = true;
+      if (!this._connected()) this._startOver();
+    } else if (m.type === "peer.left" && m.role !== this._client.welcome?.role) {
+      this._peerPresent = false;
+    }
   }
 
   _connected() {
@@ -233,7 +260,7 @@ export class Call extends EventTarget {
     this._pcId = newPcId();
     this._remotePcId = null;
     this._senders = { audio: null, video: null };
-    this._makingOffer = this._ignoreOffer = this._answerPending = false;
+    this._makingOffer = this._ignoreOffer = this._answerPending = this._negotiated = false;
     this._iceRestarts = 0;
     this._sample = null;
 
@@ -259,11 +286,13 @@ export class Call extends EventTarget {
     this._attachLocal(pc);
     if (this._receiveAudio && !this._senders.audio) pc.addTransceiver("audio", { direction: "recvonly" });
     if (this._receiveVideo && !this._senders.video) pc.addTransceiver("video", { direction: "recvonly" });
+    this._armWatchdog(pc);
     this._emitState(pc);
   }
 
   _teardown() {
     this._clearDisconnectTimer();
+    this._clearWatchdog();
     const pc = this._pc;
     this._pc = null;
     if (!pc) return;
@@ -340,31 +369,51 @@ export class Call extends EventTarget {
       await pc.setLocalDescription();
       if (this._pc === pc) this._signal({ description: desc(pc.localDescription) });
     } catch (err) {
-      this._warn("offer failed", err);
+      if (this._pc === pc) this._warn("offer failed", err); // else: closed under it, replaced
     } finally {
       if (this._pc === pc) this._makingOffer = false;
     }
   }
 
   _onSignal(data) {
-    const route = routeSignal(this._pcId, this._remotePcId, data);
+    let route = routeSignal(this._pcId, this._remotePcId, data);
     if (route === "ignore") return;
+    const d = data.description;
+    if (route === "accept" && d?.type === "offer" && this._pc && this._offerCollides(this._pc)) {
+      if (!this._polite) {
+        // Glare, and we are the impolite side: the offer is ignored, and so is its connection. Its
+        // sender gives it up and answers ours, maybe from a new connection (below), so its id must
+        // not become our `to`, nor its candidates be added.
+        this._ignoreOffer = true;
+        return;
+      }
+      // Glare on the polite side. Perfect negotiation rolls our offer back; but when nothing was
+      // ever negotiated on this connection, that rollback undoes the creation of its ICE transport,
+      // and Chromium then sometimes never gathers a candidate again (no candidate, no state change,
+      // a silent call; restartIce() does not cure it). Nothing to keep: answer on a new connection.
+      if (!this._negotiated) route = "recreate";
+    }
     if (route === "recreate") this._startOver();
     this._remotePcId = data.pc;
     const pc = this._pc;
-    if (data.description) this._onDescription(pc, data.description);
+    if (d) this._onDescription(pc, d);
     else this._onCandidate(pc, data.candidate);
+  }
+
+  /** Whether an offer arriving now collides with our own negotiation (glare). */
+  _offerCollides(pc) {
+    return this._makingOffer || !(pc.signalingState === "stable" || this._answerPending);
   }
 
   async _onDescription(pc, d) {
     try {
-      const readyForOffer = !this._makingOffer && (pc.signalingState === "stable" || this._answerPending);
-      const collision = d.type === "offer" && !readyForOffer;
+      const collision = d.type === "offer" && this._offerCollides(pc);
       this._ignoreOffer = !this._polite && collision;
       if (this._ignoreOffer) return;
       this._answerPending = d.type === "answer";
       await pc.setRemoteDescription(d); // on the polite side this rolls back our own offer
       this._answerPending = false;
+      if (this._pc === pc) this._negotiated = true;
       if (d.type === "offer") {
         await pc.setLocalDescription();
         if (this._pc === pc) this._signal({ description: desc(pc.localDescription) });
@@ -427,11 +476,58 @@ export class Call extends EventTarget {
     if (this._pc !== pc) return;
     if (pc.connectionState === "connected") {
       this._iceRestarts = 0;
+      this._watchdogRestarts = 0;
+      this._clearWatchdog();
       this._capAllVideo(pc);
     } else if (pc.connectionState === "failed" && pc.iceConnectionState !== "failed") {
       this._startOver(); // DTLS failed over a working ICE path: an ICE restart would not help
+      return;
+    } else {
+      this._armWatchdog(pc); // lost (or not yet there): ICE restarts get this long to bring it back
     }
     this._emitState(pc);
+  }
+
+  /**
+   * The safety net: a connection that is not `connected` within the watchdog's time while the peer
+   * is present is replaced by a new one (a fresh `pc` id, which the peer follows). Whatever kept
+   * it from connecting (a lost signal, a browser bug), a new connection starts from a clean slate.
+   * The wait grows with each replacement (x1.5, up to watchdogMaxMs) and is reset by `connected`;
+   * it never gives up. The polite side waits longer, so that normally the impolite side starts
+   * over and the polite one follows, rather than both at once.
+   */
+  _armWatchdog(pc) {
+    if (this._watchdogTimer != null || this._closed || this._pc !== pc || !this._peerPresent) return;
+    if (!(this._watchdogMs > 0) || !Number.isFinite(this._watchdogMs)) return;
+    const ms = watchdogDelay(this._watchdogRestarts, {
+      baseMs: this._watchdogMs * (this._polite ? 1.5 : 1),
+      maxMs: this._watchdogMaxMs * (this._polite ? 1.5 : 1),
+      random: this._random,
+    });
+    this._watchdogTimer = this._setTimeout(() => {
+      this._watchdogTimer = null;
+      this._onWatchdog(pc);
+    }, ms);
+  }
+
+  _onWatchdog(pc) {
+    if (this._closed || this._pc !== pc || this._connected()) return;
+    // The peer away: its return (peer.joined) starts over. Our own connection down: the next
+    // welcome does (signals cannot go out meanwhile).
+    if (!this._peerPresent) return;
+    if (this._client.state != null && this._client.state !== "open") return;
+    this._watchdogRestarts++;
+    globalThis.console?.info?.(
+      `call: not connected after the watchdog's wait (${pc.connectionState}/${pc.iceConnectionState}); starting over (#${this._watchdogRestarts})`,
+    );
+    this._startOver();
+  }
+
+  _clearWatchdog() {
+    if (this._watchdogTimer != null) {
+      this._clearTimeout(this._watchdogTimer);
+      this._watchdogTimer = null;
+    }
   }
 
   /** ICE restart first; when restarts keep failing, a new connection. */

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Call, videoScale, routeSignal, summarizeStats, newPcId, DEFAULT_MAX_BITRATE } from "../call.js";
+import { Call, videoScale, routeSignal, summarizeStats, newPcId, watchdogDelay, DEFAULT_MAX_BITRATE } from "../call.js";
 
 // ---- pure parts ----
 
@@ -228,7 +228,9 @@ function setup({ role = "agent", polite = role === "customer", ...opts } = {}) {
   });
   const states = [];
   call.addEventListener("state", (e) => states.push(e.detail));
-  const runTimers = () => timers.filter((t) => !t.cleared && !t.ran).forEach((t) => ((t.ran = true), t.fn()));
+  // Runs the pending timers (those `which` picks: e.g. by delay).
+  const runTimers = (which = () => true) =>
+    timers.filter((t) => !t.cleared && !t.ran && which(t)).forEach((t) => ((t.ran = true), t.fn()));
   return { call, client, pcs: all, states, timers, runTimers, role };
 }
 
@@ -276,21 +278,63 @@ test("offers go out as signals with the pc id, never queued; the welcome's ICE s
   assert.deepEqual(pcs[0].config.iceServers, ice2);
 });
 
-test("polite side: an offer during its own offer wins; the answer is addressed to the offerer", async () => {
+test("polite side: an offer during its own first offer wins, answered from a new connection (no rollback)", async () => {
   const { call, client, pcs } = setup({ role: "customer" });
+  const mic = track("audio");
+  call.setLocalStream(stream(mic));
   client.doWelcome({ role: "customer", peer_present: true });
+  const firstId = call.pcId;
   pcs[0].onnegotiationneeded();
   await tick();
   assert.equal(pcs[0].signalingState, "have-local-offer");
   client.doEvent({ type: "signal", from: "agent", seq: 5, data: { pc: "A1", description: { type: "offer", sdp: "agent-offer" } } });
   client.doEvent({ type: "signal", from: "agent", seq: 6, data: { pc: "A1", candidate: { candidate: "c1" } } });
   await tick();
-  assert.deepEqual(pcs[0].remoteCalls.map((d) => d.sdp), ["agent-offer"]);
-  assert.deepEqual(pcs[0].candidates, [{ candidate: "c1" }]);
+  // Nothing was ever negotiated on pcs[0]: rolling its offer back can break Chromium's ICE
+  // gathering for good, so the offer is applied on a fresh connection instead.
+  assert.equal(pcs.length, 2, "a new connection");
+  assert.equal(pcs[0].closed, true);
+  assert.deepEqual(pcs[0].remoteCalls, [], "no rollback on the old connection");
+  assert.deepEqual(pcs[1].remoteCalls.map((d) => d.sdp), ["agent-offer"]);
+  assert.deepEqual(pcs[1].candidates, [{ candidate: "c1" }]);
+  assert.equal(pcs[1].senders[0].track, mic, "local tracks on the new connection");
   const answer = client.signals().at(-1).msg.data;
   assert.equal(answer.description.type, "answer");
   assert.equal(answer.to, "A1");
   assert.equal(answer.pc, call.pcId);
+  assert.notEqual(answer.pc, firstId);
+});
+
+test("polite side: an offer during its own offer on a negotiated connection rolls it back (same connection)", async () => {
+  const { call, client, pcs } = setup({ role: "customer" });
+  client.doWelcome({ role: "customer", peer_present: true });
+  client.doEvent({ type: "signal", from: "agent", data: { pc: "A1", description: { type: "offer", sdp: "o1" } } });
+  await tick();
+  pcs[0].conn("connected");
+  const id = call.pcId;
+  pcs[0].onnegotiationneeded(); // e.g. the camera was added
+  await tick();
+  assert.equal(pcs[0].signalingState, "have-local-offer");
+  client.doEvent({ type: "signal", from: "agent", data: { pc: "A1", to: id, description: { type: "offer", sdp: "o2" } } });
+  await tick();
+  assert.equal(pcs.length, 1, "kept");
+  assert.equal(call.pcId, id);
+  assert.deepEqual(pcs[0].remoteCalls.map((d) => d.sdp), ["o1", "o2"]);
+  const answer = client.signals().at(-1).msg.data;
+  assert.deepEqual([answer.description.type, answer.pc, answer.to], ["answer", id, "A1"]);
+});
+
+test("polite side: an offer in the same tick as its own pending setLocalDescription still gets a new connection", async () => {
+  const { client, pcs } = setup({ role: "customer" });
+  client.doWelcome({ role: "customer", peer_present: true });
+  pcs[0].onnegotiationneeded(); // makingOffer, setLocalDescription not settled yet
+  client.doEvent({ type: "signal", from: "agent", data: { pc: "A1", description: { type: "offer", sdp: "o" } } });
+  await tick();
+  await tick();
+  assert.equal(pcs.length, 2);
+  assert.deepEqual(pcs[1].remoteCalls.map((d) => d.sdp), ["o"]);
+  const offers = client.signals().filter((s) => s.msg.data.description?.type === "offer");
+  assert.deepEqual(offers, [], "the replaced connection's offer is not sent after it was replaced");
 });
 
 test("impolite side: an offer during its own offer is ignored, and so are its candidates", async () => {
@@ -316,6 +360,31 @@ test("impolite side: an offer during its own offer is ignored, and so are its ca
   } finally {
     console.warn = warn;
   }
+});
+
+test("impolite side: the connection of an ignored offer is not adopted; the answer may come from a new one", async () => {
+  const { call, client, pcs } = setup({ role: "agent" });
+  client.doWelcome({ peer_present: true });
+  pcs[0].onnegotiationneeded();
+  await tick();
+  const me = call.pcId;
+  client.doEvent({ type: "signal", data: { pc: "C1", description: { type: "offer", sdp: "c1-offer" } } });
+  client.doEvent({ type: "signal", data: { pc: "C1", candidate: { candidate: "c1-cand" } } });
+  await tick();
+  // Our candidates gathered meanwhile are not addressed to C1 (the customer gives C1 up).
+  pcs[0].onicecandidate({ candidate: { candidate: "a-cand" } });
+  const cand = client.signals().at(-1).msg.data;
+  assert.deepEqual(cand, { pc: me, candidate: { candidate: "a-cand" } });
+  // The customer answers from a new connection C2, addressed to ours.
+  client.doEvent({ type: "signal", data: { pc: "C2", to: me, description: { type: "answer", sdp: "c2-answer" } } });
+  client.doEvent({ type: "signal", data: { pc: "C1", candidate: { candidate: "late-c1" } } });
+  client.doEvent({ type: "signal", data: { pc: "C2", to: me, candidate: { candidate: "c2-cand" } } });
+  await tick();
+  assert.equal(pcs.length, 1);
+  assert.deepEqual(pcs[0].remoteCalls.map((d) => d.sdp), ["c2-answer"]);
+  assert.deepEqual(pcs[0].candidates, [{ candidate: "c2-cand" }]);
+  pcs[0].onicecandidate({ candidate: { candidate: "a-cand-2" } });
+  assert.equal(client.signals().at(-1).msg.data.to, "C2");
 });
 
 test("peer.joined or a welcome with peer_present starts over unless connected", () => {
@@ -370,13 +439,14 @@ test("ICE failed restarts ICE; a long disconnect too; repeated failures start ov
   const { client, pcs, runTimers, timers, states } = setup({ disconnectedGraceMs: 4000 });
   client.doWelcome({ peer_present: true });
   const pc = pcs[0];
+  const grace = (t) => t.ms === 4000; // not the watchdog
   pc.ice("disconnected");
   assert.equal(timers.at(-1).ms, 4000);
   pc.ice("connected"); // came back by itself
-  runTimers();
+  runTimers(grace);
   assert.equal(pc.restarts, 0);
   pc.ice("disconnected");
-  runTimers();
+  runTimers(grace);
   assert.equal(pc.restarts, 1, "still disconnected after the grace period");
   pc.ice("failed");
   assert.equal(pc.restarts, 2);
@@ -507,4 +577,90 @@ test("a Call made after the welcome starts right away", () => {
   new Call({ client, polite: true, RTCPeerConnection: FakePC });
   assert.equal(all.length, 1);
   assert.deepEqual(all[0].config.iceServers, [{ urls: "stun:x" }]);
+});
+
+// ---- the watchdog ----
+
+test("watchdogDelay: 1.5x per replacement, capped, +-10% jitter", () => {
+  const mid = () => 0.5;
+  assert.equal(watchdogDelay(0, { random: mid }), 10_000);
+  assert.equal(watchdogDelay(1, { random: mid }), 15_000);
+  assert.equal(watchdogDelay(2, { random: mid }), 22_500);
+  assert.equal(watchdogDelay(3, { random: mid }), 30_000);
+  assert.equal(watchdogDelay(50, { random: mid }), 30_000);
+  assert.equal(watchdogDelay(0, { random: () => 0 }), 9_000);
+  assert.equal(watchdogDelay(0, { random: () => 1 }), 11_000);
+  assert.equal(watchdogDelay(0, { baseMs: 1000, maxMs: 2000, random: mid }), 1000);
+  assert.equal(watchdogDelay(5, { baseMs: 1000, maxMs: 2000, random: mid }), 2000);
+});
+
+/** The pending watchdog timers (those armed with the watchdog's delays). */
+const watchdogs = (timers) => timers.filter((t) => !t.cleared && !t.ran && t.ms >= 9_000);
+
+test("watchdog: a connection not connected within ~10 s while the peer is present is replaced, with growing waits", async () => {
+  const { call, client, pcs, timers, runTimers } = setup({ role: "agent", random: () => 0.5 });
+  client.doWelcome({ peer_present: true });
+  assert.deepEqual(watchdogs(timers).map((t) => t.ms), [10_000]);
+  // Descriptions exchanged, but ICE never gets anywhere (the Chromium case: no candidate at all).
+  pcs[0].onnegotiationneeded();
+  await tick();
+  client.doEvent({ type: "signal", data: { pc: "C1", to: call.pcId, description: { type: "answer", sdp: "a" } } });
+  await tick();
+  const first = call.pcId;
+  runTimers((t) => t.ms >= 9_000);
+  assert.equal(pcs.length, 2, "replaced");
+  assert.equal(pcs[0].closed, true);
+  assert.notEqual(call.pcId, first, "a fresh pc id, which the peer follows");
+  assert.deepEqual(watchdogs(timers).map((t) => t.ms), [15_000], "the next wait is longer");
+  runTimers((t) => t.ms >= 9_000);
+  runTimers((t) => t.ms >= 9_000);
+  runTimers((t) => t.ms >= 9_000);
+  assert.equal(pcs.length, 5, "never gives up while the peer is there");
+  assert.deepEqual(watchdogs(timers).map((t) => t.ms), [30_000], "capped");
+  // Connected: disarmed, and the wait is back to the base.
+  pcs[4].conn("connected");
+  assert.deepEqual(watchdogs(timers), []);
+  pcs[4].conn("disconnected"); // lost: ICE restarts get the watchdog's time to bring it back
+  assert.deepEqual(watchdogs(timers).map((t) => t.ms), [10_000]);
+  pcs[4].conn("connected");
+  assert.deepEqual(watchdogs(timers), []);
+  assert.equal(pcs.length, 5);
+});
+
+test("watchdog: nothing while the peer is away or our session is down; peer.joined re-arms it", () => {
+  const { client, pcs, timers, runTimers } = setup({ role: "agent", random: () => 0.5 });
+  client.doWelcome({ peer_present: false });
+  assert.deepEqual(watchdogs(timers), [], "alone: nothing to connect to");
+  client.doEvent({ type: "peer.joined", role: "customer" });
+  assert.equal(pcs.length, 2);
+  assert.equal(watchdogs(timers).length, 1);
+  client.doEvent({ type: "peer.left", role: "customer", reason: "closed" });
+  runTimers((t) => t.ms >= 9_000);
+  assert.equal(pcs.length, 2, "the peer left meanwhile: no restart");
+  client.doEvent({ type: "peer.joined", role: "customer" });
+  assert.equal(pcs.length, 3);
+  client.state = "reconnecting";
+  runTimers((t) => t.ms >= 9_000);
+  assert.equal(pcs.length, 3, "our session is down: the next welcome starts over");
+  client.state = "open";
+  client.doWelcome({ peer_present: true, resumed: true });
+  assert.equal(pcs.length, 4);
+  runTimers((t) => t.ms >= 9_000);
+  assert.equal(pcs.length, 5);
+});
+
+test("watchdog: the polite side waits longer; a replaced or closed call leaves no timer behind", () => {
+  const customer = setup({ role: "customer", random: () => 0.5 });
+  customer.client.doWelcome({ role: "customer", peer_present: true });
+  assert.deepEqual(watchdogs(customer.timers).map((t) => t.ms), [15_000]);
+  const agent = setup({ role: "agent", random: () => 0.5, watchdogMs: 2000, watchdogMaxMs: 5000 });
+  agent.client.doWelcome({ peer_present: true });
+  assert.deepEqual(agent.timers.filter((t) => !t.cleared).map((t) => t.ms), [2000]);
+  agent.call.restart();
+  assert.deepEqual(agent.timers.filter((t) => !t.cleared).map((t) => t.ms), [2000], "one timer, for the new connection");
+  agent.call.close();
+  assert.deepEqual(agent.timers.filter((t) => !t.cleared), []);
+  const off = setup({ role: "agent", watchdogMs: 0 });
+  off.client.doWelcome({ peer_present: true });
+  assert.deepEqual(off.timers, [], "watchdogMs: 0 turns it off");
 });

@@ -15,11 +15,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKeys, TokenMinter};
 use crate::capture::{Limits, Pipeline};
 use crate::media::MediaStore;
+use crate::metrics::Metrics;
+use crate::throttle::{self, Throttle};
 use crate::webhooks::{Dispatcher, Outbox, WebhookSettings};
 
 /// The generated webhook signing secret, in the data dir.
@@ -29,10 +32,12 @@ use crate::session::Registry;
 use crate::signaling::ice::IceConfig;
 use crate::signaling::origin_of;
 use crate::store::Store;
-use crate::{api, signaling, web};
+use crate::{api, health, signaling, web};
 
 pub struct AppInner {
     pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub throttle: Throttle,
     pub store: Store,
     pub media: MediaStore,
     pub pipeline: Pipeline,
@@ -69,17 +74,68 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .nest("/api/v1", api::router())
+    let limited = axum::middleware::from_fn_with_state(state.clone(), throttle::limit_requests);
+    let mut rest = api::router().layer(limited.clone());
+    if let Some(cors) = cors(&state.settings.cors_origins) {
+        rest = rest.layer(cors);
+    }
+    let mut app = Router::new();
+    if state.settings.test_echo_route {
+        // Test-only (hidden setting): the Autobahn conformance run's echo with `/ws`'s limits.
+        app = app.route("/__echo", get(signaling::echo::echo_handler));
+    }
+    app.nest("/api/v1", rest)
         .merge(api::openapi::docs_router())
-        .route("/ws", get(signaling::ws_handler))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/ws", get(signaling::ws_handler).layer(limited))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .merge(web::router())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             // The path only: query strings carry join tokens.
-            tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
         }))
+        // Outside the trace layer, so the span has the id: the client's `X-Request-Id` if it sent
+        // one, else a fresh UUID; echoed in the response for support tickets.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// CORS for the REST API, for the configured origins only (none by default: the pages are
+/// same-origin, and claims systems call server to server).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::ETAG,
+                header::RETRY_AFTER,
+                HeaderName::from_static("idempotent-replayed"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// A started server.
@@ -88,9 +144,13 @@ pub struct Running {
     pub state: AppState,
     /// The API key generated on this start (first start without configured keys).
     pub generated_api_key: Option<String>,
+    /// The certificate served, when the binary serves HTTPS itself.
+    pub tls: Option<crate::tls::TlsInfo>,
     api_key_file: Option<PathBuf>,
     server: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
+    /// The retention sweeper, when `--retention-days` is set.
+    retention: Option<JoinHandle<()>>,
     webhooks: JoinHandle<()>,
 }
 
@@ -106,9 +166,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let public_url = settings
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"))
+        .unwrap_or_else(|| format!("{}://{addr}", scheme(&settings)))
         .trim_end_matches('/')
         .to_owned();
+    let tls = crate::tls::load(&settings, addr, &public_url)?;
     let allowed_origins = if settings.allowed_origins.is_empty() {
         vec![origin_of(&public_url)]
     } else {
@@ -140,9 +201,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     } else {
         (ApiKeys::new(&settings.api_keys), None, None)
     };
-    let store = Store::open(&settings.data_dir)
+    let store = Store::open_with(&settings.data_dir, settings.db_busy_timeout())
         .await
         .context("opening the database")?;
+    // Keys created with `capturelink api-key create`, besides those of the settings or key file.
+    let api_keys = api_keys.with_store(store.clone());
     let media = MediaStore::open(&settings.data_dir).context("opening the media dir")?;
     // Files written before a crash whose rows never committed are not evidence of anything.
     let known = store.capture_hashes().await?;
@@ -174,8 +237,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .user_agent(concat!("CaptureLink-Webhooks/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("building the webhook client")?;
+    let metrics = Arc::new(Metrics::new());
     let dispatcher = Dispatcher::new(store.clone(), http, webhook_settings.clone())
-        .map_err(|e| anyhow::anyhow!("webhook secret: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("webhook secret: {e}"))?
+        .with_metrics(metrics.clone());
     let outbox = Arc::new(Outbox::new(
         webhook_settings,
         dispatcher.notifier(),
@@ -202,36 +267,70 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         conn_ids: AtomicU64::new(0),
+        metrics,
+        throttle: Throttle::new(
+            (settings.ip_rate, settings.ip_burst),
+            (settings.key_rate, settings.key_burst),
+            settings.max_ws_per_ip,
+            settings.trust_forwarded_for,
+        ),
         settings,
     }));
 
     let app = router(state.clone());
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
+    let (acceptor, tls) = tls.map(|t| (t.acceptor, t.info)).unzip();
+    let server = tokio::spawn(crate::serve::run(
+        listener,
+        app,
+        acceptor,
+        crate::serve::Timeouts::from_settings(&state.settings),
+        state.shutdown.clone(),
+    ));
     let sweeper = tokio::spawn(sweep_expired(state.clone()));
+    let retention = state.settings.retention_days.map(|days| {
+        tokio::spawn(crate::retention::run(
+            state.store.clone(),
+            state.media.clone(),
+            days,
+            state.shutdown.clone(),
+        ))
+    });
     let webhooks = tokio::spawn(dispatcher.run(state.shutdown.clone()));
     Ok(Running {
         addr,
         state,
         generated_api_key,
+        tls,
         api_key_file,
         server,
         sweeper,
+        retention,
         webhooks,
     })
+}
+
+/// `https` when the binary serves TLS itself, else `http` (also behind a TLS-terminating proxy).
+fn scheme(settings: &Settings) -> &'static str {
+    if crate::tls::enabled(settings) {
+        "https"
+    } else {
+        "http"
+    }
 }
 
 /// Expires sessions whose time is up, once a second: their peers get `session.closed` and 4010.
 async fn sweep_expired(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {
+                ticks += 1;
+                if ticks.is_multiple_of(60) {
+                    state.throttle.prune();
+                }
                 if let Err(e) = state.registry.expire_due().await {
                     tracing::warn!(error = %e, "expiry sweep failed");
                 }
@@ -242,8 +341,15 @@ async fn sweep_expired(state: AppState) {
 
 impl Running {
     pub fn print_banner(&self) {
-        println!("listening on http://{}", self.addr);
+        println!(
+            "listening on {}://{}",
+            scheme(&self.state.settings),
+            self.addr
+        );
         println!("agent console: {}/agent/", self.state.public_url);
+        if let Some(tls) = &self.tls {
+            crate::tls::print_banner(tls);
+        }
         match (&self.generated_api_key, &self.api_key_file) {
             (Some(key), Some(file)) => {
                 println!(
@@ -268,6 +374,9 @@ impl Running {
             tracing::warn!(error = %e, "server ended with an error");
         }
         let _ = self.sweeper.await;
+        if let Some(retention) = self.retention {
+            let _ = retention.await;
+        }
         let _ = self.webhooks.await;
         self.state.tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), self.state.tracker.wait())

@@ -21,18 +21,107 @@ pub struct Cli {
     pub settings: Settings,
 }
 
+// Parsed once at start and consumed at once: the size of `Serve` costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (the default when no subcommand is given).
     Serve(Settings),
+    /// Create, list or revoke the API keys kept (hashed) in the database.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+    /// Write a consistent copy of the database and the images to FILE, while the service runs.
+    Backup(BackupArgs),
+    /// Lay out a backup into a data dir, ready for `capturelink serve --data-dir DIR`.
+    Restore(RestoreArgs),
+    /// Create the database if needed, apply the migrations it lacks, and exit.
+    Migrate(DataDirArg),
+    /// Ask a running service whether it is alive (for a container's HEALTHCHECK, which has no
+    /// curl): exits 0 when the URL answers 200, 1 otherwise.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// The URL to ask.
+    #[arg(
+        long,
+        env = "CAPTURELINK_PROBE_URL",
+        default_value = "http://127.0.0.1:8080/healthz"
+    )]
+    pub url: String,
+    /// Accept any certificate: only for probing this machine's own HTTPS port, which may have a
+    /// self-signed certificate.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// The data dir of an operator's command (the same setting as `serve`'s).
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArg {
+    /// Directory of the SQLite database, the image files and generated secrets.
+    #[arg(long, env = "CAPTURELINK_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key and print it, once, on standard output (only its hash is kept).
+    Create {
+        /// Who the key is for (shown by `list`).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// List the keys: id, name, fingerprint, created, last used, revoked (never the key).
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Revoke a key by its id: the running service refuses it from its next request on.
+    Revoke {
+        /// The key's id, as `list` shows it.
+        id: i64,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// The archive to write (a zip file); it is replaced if it exists.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub dir: DataDirArg,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The archive `capturelink backup` wrote.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// Restore into a data dir that is not empty, replacing its database and images.
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl Cli {
-    /// The settings of `serve`, whichever way it was spelled.
+    /// The settings of `serve`, whichever way it was spelled (for another command: the settings
+    /// given without a subcommand, i.e. the defaults and the environment).
     pub fn into_settings(self) -> Settings {
         match self.command {
             Some(Command::Serve(s)) => s,
-            None => self.settings,
+            _ => self.settings,
+        }
+    }
+
+    /// What to run: the service with its settings, or an operator's command.
+    pub fn into_command(self) -> Command {
+        match self.command {
+            Some(c) => c,
+            None => Command::Serve(self.settings),
         }
     }
 }
@@ -123,6 +212,46 @@ pub struct Settings {
     #[arg(long, env = "CAPTURELINK_MAX_UPLOAD_BYTES", default_value_t = 15 * 1024 * 1024)]
     pub max_upload_bytes: usize,
 
+    /// REST requests and WebSocket handshakes one client IP may make per second, sustained
+    /// (0: no limit).
+    #[arg(long, env = "CAPTURELINK_IP_RATE", default_value_t = 100)]
+    pub ip_rate: u32,
+
+    /// Requests one IP may make at once above `--ip-rate` (a page loading its thumbnails).
+    #[arg(long, env = "CAPTURELINK_IP_BURST", default_value_t = 500)]
+    pub ip_burst: u32,
+
+    /// REST requests one credential (API key or join token) may make per second (0: no limit).
+    #[arg(long, env = "CAPTURELINK_KEY_RATE", default_value_t = 20)]
+    pub key_rate: u32,
+
+    /// Requests one credential may make at once above `--key-rate`.
+    #[arg(long, env = "CAPTURELINK_KEY_BURST", default_value_t = 200)]
+    pub key_burst: u32,
+
+    /// Open WebSocket connections one client IP may hold (0: no limit). A service centre behind
+    /// one NAT address holds one per agent.
+    #[arg(long, env = "CAPTURELINK_MAX_WS_PER_IP", default_value_t = 500)]
+    pub max_ws_per_ip: usize,
+
+    /// Take the client's IP from the last `X-Forwarded-For` hop (only behind a reverse proxy that
+    /// sets it; otherwise clients could pick their own address).
+    #[arg(long, env = "CAPTURELINK_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
+
+    /// Origins allowed to call the REST API from a browser (CORS; comma-separated). Default: none,
+    /// the pages are same-origin.
+    #[arg(
+        long = "cors-origin",
+        env = "CAPTURELINK_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Free space the data dir must keep, in MiB: below it `/readyz` answers 503.
+    #[arg(long, env = "CAPTURELINK_MIN_FREE_MB", default_value_t = 256)]
+    pub min_free_mb: u64,
+
     /// Images decoded at the same time (each may take a few hundred MB for a 40 MP still).
     #[arg(long, env = "CAPTURELINK_DECODE_CONCURRENCY", default_value_t = 2)]
     pub decode_concurrency: usize,
@@ -144,12 +273,61 @@ pub struct Settings {
     #[arg(long, env = "CAPTURELINK_WEBHOOK_BACKOFF_MS", default_value_t = 5_000)]
     pub webhook_backoff_ms: u64,
 
+    /// Days after a session ended (closed or expired) when its images, captures, events and
+    /// webhook rows are deleted; the session row stays, marked purged. Default: keep forever.
+    #[arg(long, env = "CAPTURELINK_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
+
     /// Log format.
     #[arg(long, env = "CAPTURELINK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Serve HTTPS with this PEM certificate chain (and `--tls-key`). Leave unset behind a reverse
+    /// proxy that terminates TLS.
+    #[arg(
+        long,
+        env = "CAPTURELINK_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "CAPTURELINK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve HTTPS with a self-signed certificate for localhost, the listen address and the public
+    /// URL's host, made once into the data dir (`tls/`) and reused. For trying it on a phone over
+    /// a LAN: browsers show a certificate warning.
+    #[arg(long, env = "CAPTURELINK_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
+
+    /// Seconds a client has to send a request's headers (and to finish the TLS handshake); an idle
+    /// keep-alive connection is closed after as long.
+    #[arg(long, env = "CAPTURELINK_HEADER_TIMEOUT_S", default_value_t = 10)]
+    pub header_timeout_s: u64,
+
+    /// How long a database write waits for a lock another process holds before the request is
+    /// answered 503 (`unavailable`, with `Retry-After`), in milliseconds.
+    #[arg(long, env = "CAPTURELINK_DB_BUSY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub db_busy_timeout_ms: u64,
+
+    /// Serves `/__echo`, a WebSocket echo with the production socket limits, for the Autobahn
+    /// conformance run (scripts/autobahn). Never in production: hidden from --help.
+    #[arg(long, env = "CAPTURELINK_TEST_ECHO_ROUTE", hide = true)]
+    pub test_echo_route: bool,
+
+    /// Seconds a request body may stall (no bytes arriving) before the request fails. A body that
+    /// keeps moving is never cut; WebSockets and event streams are not subject to it.
+    #[arg(long, env = "CAPTURELINK_BODY_TIMEOUT_S", default_value_t = 120)]
+    pub body_timeout_s: u64,
 }
 
 impl Settings {
+    pub fn min_free_bytes(&self) -> u64 {
+        self.min_free_mb.saturating_mul(1024 * 1024)
+    }
+
     /// Defaults with the given data dir, as if started with no flags and no environment.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         let mut s = <Self as clap::FromArgMatches>::from_arg_matches(
@@ -161,6 +339,10 @@ impl Settings {
         .expect("defaults parse");
         s.data_dir = data_dir.into();
         s
+    }
+
+    pub fn db_busy_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_busy_timeout_ms)
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -199,6 +381,20 @@ impl Settings {
         if self.session_ttl == 0 {
             return Err("--session-ttl must be positive".into());
         }
+        if self.retention_days == Some(0) {
+            return Err(
+                "--retention-days must be at least 1 (leave it unset to keep forever)".into(),
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
+        }
+        if self.tls_self_signed && self.tls_cert.is_some() {
+            return Err("--tls-self-signed and --tls-cert exclude each other".into());
+        }
+        if self.header_timeout_s == 0 || self.body_timeout_s == 0 {
+            return Err("--header-timeout-s and --body-timeout-s must be positive".into());
+        }
         Ok(())
     }
 }
@@ -222,6 +418,57 @@ mod tests {
         assert_eq!(a.into_settings().listen.port(), 9);
         let b = Cli::try_parse_from(["capturelink", "serve", "--api-key", "k1,k2"]).unwrap();
         assert_eq!(b.into_settings().api_keys, vec!["k1", "k2"]);
+    }
+
+    #[test]
+    fn operator_commands_parse() {
+        let c = Cli::try_parse_from([
+            "capturelink",
+            "api-key",
+            "create",
+            "--name",
+            "claims",
+            "--data-dir",
+            "/tmp/d",
+        ])
+        .unwrap();
+        match c.into_command() {
+            Command::ApiKey(ApiKeyCommand::Create { name, dir }) => {
+                assert_eq!(name.as_deref(), Some("claims"));
+                assert_eq!(dir.data_dir, PathBuf::from("/tmp/d"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Cli::try_parse_from(["capturelink", "api-key", "revoke", "7"]).unwrap();
+        assert!(matches!(
+            c.into_command(),
+            Command::ApiKey(ApiKeyCommand::Revoke { id: 7, .. })
+        ));
+        let c = Cli::try_parse_from([
+            "capturelink",
+            "restore",
+            "b.zip",
+            "--data-dir",
+            "x",
+            "--force",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.into_command(),
+            Command::Restore(RestoreArgs { force: true, .. })
+        ));
+        let c = Cli::try_parse_from(["capturelink"]).unwrap();
+        assert!(matches!(c.into_command(), Command::Serve(_)));
+    }
+
+    #[test]
+    fn retention_is_off_by_default_and_positive() {
+        let mut s = Settings::with_data_dir("/tmp/x");
+        assert_eq!(s.retention_days, None);
+        s.retention_days = Some(0);
+        assert!(s.validate().is_err());
+        s.retention_days = Some(30);
+        s.validate().unwrap();
     }
 
     #[test]

@@ -108,6 +108,18 @@ impl ApiError {
         e
     }
 
+    /// The data dir's disk is full: the operator's problem, and the client's signal to retry later.
+    pub fn insufficient_storage(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "data dir is full");
+        let mut e = Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            "the server has no room for the image; retry later",
+        );
+        e.retry_after = Some(30);
+        e
+    }
+
     fn title(&self) -> &'static str {
         self.status.canonical_reason().unwrap_or("Error")
     }
@@ -148,6 +160,11 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
             crate::store::StoreError::Busy(cause) => ApiError::unavailable(cause),
+            crate::store::StoreError::Full(cause) => ApiError::insufficient_storage(cause),
+            crate::store::StoreError::Purged => ApiError::gone(
+                "session_purged",
+                "the session's captures were deleted by the retention policy",
+            ),
             other => ApiError::internal(other),
         }
     }

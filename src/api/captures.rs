@@ -245,7 +245,8 @@ true`); other bytes under the same key get 409.",
         (status = 415, description = "`unsupported_media_type`, `media_type_mismatch` (the bytes are not what the part declares)"),
         (status = 422, description = "`missing_image`, `missing_meta`, `invalid_meta`, `invalid_area`, `invalid_angle`, \
 `invalid_source`, `invalid_slot`, `image_too_large` (too many pixels), `corrupt_image`, `decode_failed`"),
-        (status = 507, description = "`insufficient_storage`: the server's disk is full; retry later (`Retry-After`)"),
+        (status = 503, description = "`unavailable`: the database is locked by another process past `--db-busy-timeout-ms`; nothing was stored, retry (`Retry-After`)"),
+        (status = 507, description = "`insufficient_storage`: the server's disk is full; nothing was stored, retry later (`Retry-After`)"),
     ),
     security(("api_key" = []), ("join_token" = [])),
 )]
@@ -256,6 +257,7 @@ pub async fn upload_capture(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let session = session_for(&state, &caller, &session_id, &Role::BOTH).await?;
     match session.status_at(now_ms()) {
         SessionStatus::Closed => {
@@ -291,6 +293,21 @@ pub async fn upload_capture(
         _ => None,
     };
     let outcome = store_upload(&state, &caller, &session, &headers, upload, meta).await;
+    if outcome.is_ok() {
+        state
+            .metrics
+            .push_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+    if let Err(e) = &outcome {
+        state
+            .metrics
+            .uploads_refused
+            .get_or_create(&crate::metrics::CodeLabel {
+                code: e.code.to_owned(),
+            })
+            .inc();
+    }
     let failed = match (&outcome, customer_request) {
         // The agent is waiting for this still: tell it why it will not come, so it can fall back.
         (Err(e), Some(request_id)) => Some(Event::CaptureFailed {
@@ -396,16 +413,22 @@ async fn store_upload(
         ));
     }
 
+    let decode_started = std::time::Instant::now();
     let kind = identify(&upload.image, upload.declared.as_deref()).map_err(capture_error)?;
     let processed = state
         .pipeline
         .process(upload.image.clone(), kind)
         .await
         .map_err(capture_error)?;
+    state
+        .metrics
+        .decode_seconds
+        .observe(decode_started.elapsed().as_secs_f64());
     let image = upload.image.clone();
     let sha256 = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&image)))
         .await
         .map_err(ApiError::internal)?;
+    let store_started = std::time::Instant::now();
     state
         .media
         .put_capture(
@@ -457,6 +480,15 @@ async fn store_upload(
         .rows(session, EventType::CaptureCreated, data, row.created_at);
     match state.registry.store_capture(&row, &outbox).await {
         Ok(()) => {
+            let m = &state.metrics;
+            m.store_seconds
+                .observe(store_started.elapsed().as_secs_f64());
+            m.captures_stored
+                .get_or_create(&crate::metrics::SourceLabel {
+                    source: row.source.clone(),
+                })
+                .inc();
+            m.upload_bytes.inc_by(row.bytes.unsigned_abs());
             tracing::info!(capture = %row.id, session = %row.session_id, bytes = row.bytes, "capture stored");
             Ok(created(state, &row, false))
         }
@@ -496,14 +528,7 @@ async fn store_upload(
 /// A full disk is the operator's problem and the client's signal to retry later.
 fn storage_error(e: std::io::Error) -> ApiError {
     if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull {
-        tracing::error!(error = %e, "data dir is full");
-        let mut err = ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "insufficient_storage",
-            "the server has no room for the image; retry later",
-        );
-        err.retry_after = Some(30);
-        return err;
+        return ApiError::insufficient_storage(e);
     }
     ApiError::internal(e)
 }

@@ -98,6 +98,11 @@ pub async fn session_events(
     } else {
         live.boxed()
     };
-    let events = stream::iter(replay).chain(live).map(to_sse);
+    // Ends on shutdown (the client reconnects with Last-Event-ID): an endless response would keep
+    // the graceful shutdown waiting for this connection forever.
+    let events = stream::iter(replay)
+        .chain(live)
+        .map(to_sse)
+        .take_until(state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

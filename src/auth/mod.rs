@@ -4,7 +4,8 @@ mod keys;
 mod tokens;
 
 pub use keys::{
-    API_KEY_FILE, ApiKeys, KeyId, SECRET_FILE, load_or_create as keys_file, random_secret,
+    API_KEY_FILE, ApiKeys, KEY_PREFIX, KeyId, SECRET_FILE, fingerprint, generate_api_key,
+    load_or_create as keys_file, random_secret,
 };
 pub use tokens::{Role, TokenMinter, hash_token};
 
@@ -99,7 +100,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let credential = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        if let Some(key) = state.api_keys.check(&credential) {
+        if let Some(key) = state.api_keys.check(&credential).await? {
             return Ok(Caller::ApiKey(key));
         }
         match state
@@ -140,6 +141,7 @@ impl FromRequestParts<AppState> for ApiKeyCaller {
         state
             .api_keys
             .check(&credential)
+            .await?
             .map(ApiKeyCaller)
             .ok_or_else(ApiError::unauthorized)
     }

@@ -16,6 +16,7 @@ mod jpeg;
 mod kind;
 mod pipeline;
 mod quality;
+mod shrink;
 #[cfg(test)]
 mod testimg;
 

@@ -28,6 +28,14 @@ impl MediaStore {
         Ok(Self { root })
     }
 
+    /// The media dir of `data_dir`, without creating or touching anything (for the operator's
+    /// commands, which read or lay out files beside a running service).
+    pub fn at(data_dir: &Path) -> Self {
+        Self {
+            root: data_dir.join("media"),
+        }
+    }
+
     /// `originals/ab/abcdef….jpg`: a two-hex-digit fan-out keeps directories small.
     pub fn original_path(&self, sha256_hex: &str, ext: &str) -> PathBuf {
         let fan = sha256_hex.get(..2).unwrap_or("00");
@@ -45,13 +53,14 @@ impl MediaStore {
             .join(format!("{sha256_hex}.jpg"))
     }
 
-    /// Writes `bytes` durably under `dest` (blocking; run it on the blocking pool).
-    fn put(&self, dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes `bytes` durably under `dest` (blocking; run it on the blocking pool). True when
+    /// this call wrote the file, false when it was there already.
+    fn put(&self, dest: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         if let Ok(meta) = std::fs::metadata(dest)
             && meta.len() == bytes.len() as u64
         {
             // Content-named: the same name holds the same bytes already.
-            return Ok(());
+            return Ok(false);
         }
         let dir = dest.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(dir)?;
@@ -69,10 +78,12 @@ impl MediaStore {
         if outcome.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        outcome
+        outcome.map(|()| true)
     }
 
-    /// Stores an original and its thumbnail; returns once both are on disk.
+    /// Stores an original and its thumbnail; returns once both are on disk. When the thumbnail
+    /// cannot be written (a full disk, say), the original this call wrote is removed again: a
+    /// refused upload leaves no file behind.
     pub async fn put_capture(
         &self,
         sha256_hex: String,
@@ -82,8 +93,17 @@ impl MediaStore {
     ) -> std::io::Result<()> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            this.put(&this.original_path(&sha256_hex, ext), &original)?;
-            this.put(&this.thumbnail_path(&sha256_hex), &thumbnail)
+            let original_path = this.original_path(&sha256_hex, ext);
+            let wrote_original = this.put(&original_path, &original)?;
+            match this.put(&this.thumbnail_path(&sha256_hex), &thumbnail) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    if wrote_original {
+                        let _ = std::fs::remove_file(&original_path);
+                    }
+                    Err(e)
+                }
+            }
         })
         .await
         .map_err(std::io::Error::other)?
@@ -162,5 +182,52 @@ mod tests {
         assert!(m.original_path(&sha, "jpg").exists());
         assert!(!m.original_path(&other, "png").exists());
         assert!(!m.thumbnail_path(&other).exists());
+    }
+
+    #[tokio::test]
+    async fn a_thumbnail_that_cannot_be_written_takes_its_original_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MediaStore::open(dir.path()).unwrap();
+        let sha = "ef".repeat(32);
+        // A file where the thumbnail's fan-out directory should be: the thumbnail write fails
+        // after the original was written (as on a disk that fills up between the two).
+        std::fs::write(m.root.join("thumbnails").join("ef"), b"in the way").unwrap();
+        let err = m
+            .put_capture(
+                sha.clone(),
+                "jpg",
+                bytes::Bytes::from_static(b"orig"),
+                b"thumb".to_vec(),
+            )
+            .await;
+        assert!(err.is_err());
+        assert!(!m.original_path(&sha, "jpg").exists(), "original removed");
+        assert_eq!(std::fs::read_dir(m.root.join("tmp")).unwrap().count(), 0);
+
+        // An original that was there before (another capture's) stays.
+        std::fs::remove_file(m.root.join("thumbnails").join("ef")).unwrap();
+        m.put_capture(
+            sha.clone(),
+            "jpg",
+            bytes::Bytes::from_static(b"orig"),
+            b"t".to_vec(),
+        )
+        .await
+        .unwrap();
+        std::fs::remove_dir_all(m.root.join("thumbnails").join("ef")).unwrap();
+        std::fs::write(m.root.join("thumbnails").join("ef"), b"in the way").unwrap();
+        let again = m
+            .put_capture(
+                sha.clone(),
+                "jpg",
+                bytes::Bytes::from_static(b"orig"),
+                b"t".to_vec(),
+            )
+            .await;
+        assert!(again.is_err());
+        assert!(
+            m.original_path(&sha, "jpg").exists(),
+            "a shared original is kept"
+        );
     }
 }

@@ -238,6 +238,17 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// How many sessions have at least one participant connected.
+    pub fn active_count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|r| {
+                let p = r.presence();
+                p.agent || p.customer
+            })
+            .count()
+    }
+
     /// Expires every open session whose time is up. Returns how many it expired.
     pub async fn expire_due(&self) -> Result<usize, RoomError> {
         let due = self.store.due_expiries(now_ms(), 256).await?;

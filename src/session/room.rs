@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::auth::Role;
 use crate::signaling::protocol::{ClientMsg, Event, LeaveReason};
+use crate::store::events::SeqMark;
 use crate::store::{EventRow, SessionRow, SessionStatus, SlotRow, Store, StoreError, now_ms};
 
 use super::view::{Presence, rfc3339};
@@ -144,11 +145,16 @@ pub struct Room {
     outbox: Arc<Outbox>,
     state: Mutex<RoomState>,
     present: [AtomicBool; 2],
+    /// The seq marks of relayed signals, per recipient (indexed by `Role::index`).
+    marks: [Arc<SeqMark>; 2],
 }
 
 impl Room {
     pub(super) fn new(id: String, store: Store, outbox: Arc<Outbox>) -> Self {
+        // In `Role::index` order, like `seq` and `conns`.
+        let marks = Role::BOTH.map(|r| SeqMark::new(id.clone(), r.as_str()));
         Self {
+            marks,
             id,
             store,
             outbox,
@@ -429,14 +435,7 @@ impl Room {
         conn.send(event.to_text(seq));
         // The seq, not the signal, goes into the log (not awaited: signal stays live-only), so a
         // room loaded again after a restart continues after it instead of issuing it twice.
-        self.store.appender().append_detached(vec![EventRow {
-            session_id: self.id.clone(),
-            role: from.peer().as_str(),
-            seq,
-            kind: event.kind(),
-            body: String::new(),
-            created_at: now_ms(),
-        }]);
+        self.store.appender().record_mark(&self.marks[peer], seq);
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::auth::Role;
+use crate::metrics::Metrics;
 use crate::session::view::{Presence, SessionView};
 use crate::session::{CloseSpec, ConnHandle, Joined, Room, RoomError, close_code};
 use crate::store::{SessionStatus, StoreError, now_ms};
@@ -84,6 +85,7 @@ async fn serve(
                 }
             };
             let mut sink = sink;
+            state.metrics.ws_closed(spec.code);
             let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
             return;
         }
@@ -95,6 +97,14 @@ async fn serve(
         "joined"
     );
 
+    let _connected = state.metrics.connection_opened(role);
+    if joined.resumed {
+        state.metrics.resumes.inc();
+        state
+            .metrics
+            .replayed_events
+            .inc_by(joined.replay.len() as u64);
+    }
     let mut initial = Vec::with_capacity(joined.replay.len() + 1);
     initial.push(welcome(&state, role, &joined, room.presence()));
     initial.extend(joined.replay);
@@ -107,6 +117,7 @@ async fn serve(
             initial,
             heartbeat,
             state.shutdown.clone(),
+            state.metrics.clone(),
         )
         .in_current_span(),
     );
@@ -299,6 +310,7 @@ impl Reader<'_> {
             }
         };
         let id = incoming.id;
+        let kind = incoming.msg.kind();
         if !incoming.msg.allowed_from(self.role) {
             self.refuse(&ProtocolError {
                 code: "forbidden",
@@ -356,6 +368,7 @@ impl Reader<'_> {
         };
         match outcome {
             Ok(()) => {
+                self.state.metrics.relayed(kind);
                 if let Some(id) = &id {
                     self.reply(protocol::ack(id));
                 }
@@ -374,7 +387,7 @@ impl Reader<'_> {
                         "replaced",
                         "this connection was replaced by a newer one".to_owned(),
                     ),
-                    RoomError::Store(StoreError::Busy(_)) => {
+                    RoomError::Store(StoreError::Busy(_) | StoreError::Full(_)) => {
                         ("unavailable", "the service is busy; send again".to_owned())
                     }
                     other => {
@@ -390,7 +403,7 @@ impl Reader<'_> {
 }
 
 /// Is this read error the 64 KiB limit?
-fn is_too_big(e: axum::Error) -> bool {
+pub(super) fn is_too_big(e: axum::Error) -> bool {
     let inner = e.into_inner();
     matches!(
         inner.downcast_ref::<tungstenite::Error>(),
@@ -405,6 +418,7 @@ async fn write_loop(
     initial: Vec<String>,
     heartbeat: Duration,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     enum Next {
         Frame(Message),
@@ -419,6 +433,7 @@ async fn write_loop(
     loop {
         let requested = *close_rx.borrow_and_update();
         if let Some(spec) = requested {
+            metrics.ws_closed(spec.code);
             flush_and_close(&mut sink, &mut initial, &mut rx, spec).await;
             break;
         }
@@ -445,12 +460,14 @@ async fn write_loop(
                     sent = sink.send(m) => if sent.is_err() { break },
                     _ = close_rx.changed() => continue,
                     _ = shutdown.cancelled() => {
+                        metrics.ws_closed(going_away.code);
                         let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(going_away))).await;
                         break;
                     }
                 }
             }
             Next::Close(spec) => {
+                metrics.ws_closed(spec.code);
                 let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
                 break;
             }

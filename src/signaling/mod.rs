@@ -2,6 +2,7 @@
 //! gets a plain HTTP status), the socket's limits, and the connection loop in [`connection`].
 
 pub mod connection;
+pub mod echo;
 pub mod ice;
 pub mod protocol;
 pub mod ratelimit;
@@ -24,9 +25,20 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// Frames waiting in the socket's own write buffer at the most (one largest message and change).
 const MAX_WRITE_BUFFER: usize = protocol::MAX_MESSAGE_BYTES + 16 * 1024;
 
+/// The production socket limits, applied to every WebSocket the server accepts (`/ws`, and the
+/// test-only `/__echo` that the Autobahn run checks them with).
+pub fn limits(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(protocol::MAX_MESSAGE_BYTES)
+        .max_frame_size(protocol::MAX_MESSAGE_BYTES)
+}
+
 /// `GET /ws?token=…[&last_seq=N]`
 pub async fn ws_handler(
     State(state): State<AppState>,
+    client: Option<axum::Extension<crate::throttle::ClientIp>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -37,19 +49,32 @@ pub async fn ws_handler(
                 Ok(ws) => ws,
                 Err(rejection) => return rejection.into_response(),
             };
+            let ip = client.and_then(|c| c.0.0);
+            let Some(slot) = state.throttle.open_ws(ip) else {
+                state.metrics.ws_refused(429);
+                let mut e = ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_connections",
+                    "this address holds as many WebSocket connections as it may",
+                );
+                e.retry_after = Some(5);
+                return e.into_response();
+            };
             let tracker = state.tracker.clone();
-            ws.protocols([SUBPROTOCOL])
-                .read_buffer_size(READ_BUFFER)
-                .write_buffer_size(WRITE_BUFFER)
-                .max_write_buffer_size(MAX_WRITE_BUFFER)
-                .max_message_size(protocol::MAX_MESSAGE_BYTES)
-                .max_frame_size(protocol::MAX_MESSAGE_BYTES)
+            limits(ws.protocols([SUBPROTOCOL]))
                 .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
                 .on_upgrade(move |socket| {
-                    tracker.track_future(connection::run(socket, state, session_id, role, last_seq))
+                    tracker.track_future(async move {
+                        // The address's slot is held for as long as the connection lives.
+                        let _slot = slot;
+                        connection::run(socket, state, session_id, role, last_seq).await
+                    })
                 })
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            state.metrics.ws_refused(e.status.as_u16());
+            e.into_response()
+        }
     }
 }
 

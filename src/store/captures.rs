@@ -109,6 +109,7 @@ impl Store {
         row.as_ref().map(capture_from_row).transpose()
     }
 
+    /// A session's captures, oldest first; [`StoreError::Purged`] once retention deleted them.
     pub async fn list_captures(&self, session_id: &str) -> Result<Vec<CaptureRow>> {
         let sql = format!(
             "SELECT {CAPTURE_COLUMNS} FROM captures WHERE session_id = ? ORDER BY created_at, id"
@@ -118,6 +119,10 @@ impl Store {
             .fetch_all(&self.read)
             .await
             .map_err(StoreError::classify)?;
+        // A purge deletes every capture row of its session, so only an empty list may be a purge.
+        if rows.is_empty() && self.purged_at(session_id).await?.is_some() {
+            return Err(StoreError::Purged);
+        }
         rows.iter().map(capture_from_row).collect()
     }
 

@@ -41,6 +41,7 @@ struct Shared {
     client: reqwest::Client,
     secret: Secret,
     settings: WebhookSettings,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What one attempt came to.
@@ -67,9 +68,18 @@ impl Dispatcher {
                 client,
                 secret,
                 settings,
+                metrics: None,
             }),
             wakeup: Wakeup::default(),
         })
+    }
+
+    /// Counts delivery attempts in `metrics`. Call before [`Self::run`].
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.metrics = Some(metrics);
+        }
+        self
     }
 
     /// The handle enqueuers poke after their transaction commits.
@@ -157,6 +167,9 @@ async fn deliver(shared: Arc<Shared>, row: DueWebhook) {
         return;
     }
     let outcome = attempt(&shared, &row).await;
+    if let Some(m) = &shared.metrics {
+        m.webhook_attempt(matches!(outcome, Outcome::Delivered(_)));
+    }
     let attempts = row.attempts + 1;
     let now = now_ms();
     let recorded = match outcome {

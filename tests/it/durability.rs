@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::support::*;
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -17,13 +17,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Proc {
-    async fn start(dir: &std::path::Path, port: u16) -> Proc {
+    pub(crate) async fn start(dir: &std::path::Path, port: u16) -> Proc {
+        Self::start_with_args(dir, port, &[]).await
+    }
+
+    /// [`Proc::start`] with more flags for `serve`.
+    pub(crate) async fn start_with_args(dir: &std::path::Path, port: u16, extra: &[&str]) -> Proc {
         let child = Command::new(env!("CARGO_BIN_EXE_capturelink"))
             .args([
                 "serve",
@@ -34,6 +39,7 @@ impl Proc {
             ])
             .arg("--data-dir")
             .arg(dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -57,7 +63,7 @@ impl Proc {
         Proc { child, base }
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let status = Command::new("kill")
             .args(["-KILL", &self.child.id().to_string()])
             .status()
@@ -75,7 +81,7 @@ impl Drop for Proc {
 }
 
 /// A 640x480 JPEG whose pixels depend on `seed`, so every upload has its own bytes.
-fn jpeg(seed: u32) -> Vec<u8> {
+pub(crate) fn jpeg(seed: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(640, 480, |x, y| {
         let v = (x * 7 + y * 13 + seed * 31) % 256;
         image::Rgb([v as u8, ((x ^ y) % 256) as u8, (seed % 256) as u8])

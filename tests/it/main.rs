@@ -4,10 +4,16 @@ mod support;
 
 mod captures;
 mod claims;
+mod conformance;
 mod durability;
+mod faults;
+mod health;
 mod lifecycle;
+mod limits;
 mod openapi;
+mod ops;
 mod pages;
 mod pairing;
 mod protocol;
 mod sessions_api;
+mod tls;

@@ -300,3 +300,87 @@ impl TestServer {
         Self::start_in(s, tmp).await
     }
 }
+
+impl TestServer {
+    /// A server on an existing data dir (a restored backup, say), with the test settings after
+    /// `tune`. The dir is not removed when the server is dropped.
+    pub async fn start_at(data_dir: &Path, tune: impl FnOnce(&mut Settings)) -> Self {
+        let mut s = settings(data_dir);
+        tune(&mut s);
+        Self::start_in(s, None).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTPS (tests/it/tls.rs)
+
+impl TestServer {
+    /// Starts with `s` (TLS on) and a client that trusts exactly the PEM certificate at `trust`,
+    /// read once the server has started (so a self-signed one made by this start works); `base`
+    /// is `https://…`.
+    pub async fn start_https(s: Settings, tmp: Option<tempfile::TempDir>, trust: &Path) -> Self {
+        let mut srv = Self::start_in(s, tmp).await;
+        srv.http = https_client(&std::fs::read(trust).expect("the certificate file"));
+        srv.base = srv.base.replacen("http://", "https://", 1);
+        srv
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    /// Opens the WebSocket over wss with a rustls client that trusts exactly `cert_pem`.
+    pub async fn connect_wss(
+        &self,
+        token: &str,
+        cert_pem: &[u8],
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let url = format!(
+            "{}/ws?token={token}",
+            self.base.replacen("https://", "wss://", 1)
+        );
+        let connector = tokio_tungstenite::Connector::Rustls(rustls_client_config(cert_pem));
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                .await?;
+        Ok(Client { ws })
+    }
+
+    /// [`TestServer::connect_wss`], then the welcome.
+    pub async fn join_wss(&self, token: &str, cert_pem: &[u8]) -> (Client, Value) {
+        let mut c = self
+            .connect_wss(token, cert_pem)
+            .await
+            .expect("wss connects");
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "first message is the welcome: {w}");
+        (c, w)
+    }
+}
+
+/// A reqwest client whose only trusted root is `cert_pem`, reporting the peer's certificate.
+pub fn https_client(cert_pem: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert_pem).unwrap()])
+        .tls_info(true)
+        .build()
+        .unwrap()
+}
+
+/// A rustls client configuration whose only trusted root is `cert_pem` (aws-lc-rs, as the server).
+pub fn rustls_client_config(cert_pem: &[u8]) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(cert_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}

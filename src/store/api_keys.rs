@@ -1,0 +1,145 @@
+//! API keys created with `capturelink api-key create`: only their SHA-256 is stored.
+
+use sqlx::Row;
+
+use super::{Result, Store, StoreError};
+
+/// One stored key, as `api-key list` shows it (there is no way to get the key back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub id: i64,
+    pub name: Option<String>,
+    /// SHA-256 of the key.
+    pub hash: Vec<u8>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+/// What `revoke_api_key` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    Now,
+    /// Revoked before, at this time; nothing changed.
+    Already(i64),
+    NotFound,
+}
+
+impl Store {
+    /// Records a new key by its hash; returns its id.
+    pub async fn insert_api_key(&self, name: Option<&str>, hash: &[u8], now: i64) -> Result<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO api_keys (name, hash, created_at) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(now)
+        .fetch_one(&self.write)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(id)
+    }
+
+    /// Every key, oldest first, revoked ones included.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>> {
+        let rows = sqlx::query(
+            "SELECT id, name, hash, created_at, revoked_at, last_used_at FROM api_keys ORDER BY id",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(StoreError::classify)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApiKeyRow {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    hash: r.try_get("hash")?,
+                    created_at: r.try_get("created_at")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoked> {
+        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let revoked_at: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT revoked_at FROM api_keys WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::classify)?;
+        let outcome = match revoked_at {
+            None => Revoked::NotFound,
+            Some(Some(at)) => Revoked::Already(at),
+            Some(None) => {
+                sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::classify)?;
+                Revoked::Now
+            }
+        };
+        tx.commit().await.map_err(StoreError::classify)?;
+        Ok(outcome)
+    }
+
+    /// The id of the live (not revoked) key with this hash. Read on every request that presents
+    /// such a key, so a revoke made by another process takes effect at once.
+    pub async fn live_api_key(&self, hash: &[u8]) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT id FROM api_keys WHERE hash = ? AND revoked_at IS NULL")
+            .bind(hash)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::classify)
+    }
+
+    pub async fn touch_api_key(&self, id: i64, now: i64) -> Result<()> {
+        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&self.write)
+            .await
+            .map_err(StoreError::classify)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_round_trip_by_hash_and_revoke_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let id = store
+            .insert_api_key(Some("claims"), &[7u8; 32], 1_000)
+            .await
+            .unwrap();
+        assert_eq!(store.live_api_key(&[7u8; 32]).await.unwrap(), Some(id));
+        assert_eq!(store.live_api_key(&[8u8; 32]).await.unwrap(), None);
+        store.touch_api_key(id, 1_500).await.unwrap();
+        assert_eq!(store.revoke_api_key(id, 2_000).await.unwrap(), Revoked::Now);
+        assert_eq!(
+            store.revoke_api_key(id, 3_000).await.unwrap(),
+            Revoked::Already(2_000)
+        );
+        assert_eq!(
+            store.revoke_api_key(id + 1, 3_000).await.unwrap(),
+            Revoked::NotFound
+        );
+        assert_eq!(store.live_api_key(&[7u8; 32]).await.unwrap(), None);
+        let all = store.list_api_keys().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].name.as_deref(), Some("claims"));
+        assert_eq!(
+            (all[0].created_at, all[0].revoked_at, all[0].last_used_at),
+            (1_000, Some(2_000), Some(1_500))
+        );
+        store.close().await;
+    }
+}

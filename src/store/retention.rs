@@ -1,0 +1,88 @@
+//! Retention: deleting what a session gathered some days after it ended.
+//!
+//! The session row stays, with `purged_at` set, as a tombstone: its status, claim reference and
+//! times remain readable, and its captures answer [`StoreError::Purged`] (410 `session_purged`).
+//! The capture rows go with their files: once a row is gone, the start-up sweep of orphaned files
+//! removes any file a crash left behind between the commit and the deletion.
+
+use sqlx::Row;
+
+use super::{Result, Store, StoreError};
+
+/// Content a purged session's captures named: (sha256 hex, mime).
+pub type PurgedContent = Vec<(String, String)>;
+
+impl Store {
+    /// Sessions that ended (closed, or expired) at or before `cutoff` and still hold their data,
+    /// oldest first.
+    pub async fn due_purges(&self, cutoff: i64, limit: u32) -> Result<Vec<String>> {
+        // The expression matches the partial index `sessions_retention`.
+        let rows = sqlx::query(
+            "SELECT id FROM sessions \
+             WHERE purged_at IS NULL AND COALESCE(closed_at, expires_at) <= ? \
+             ORDER BY COALESCE(closed_at, expires_at) LIMIT ?",
+        )
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .map_err(StoreError::classify)?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Deletes a session's captures, capture requests, events and webhook rows and marks it
+    /// purged, in one transaction. Returns the content its captures named, whose files the caller
+    /// removes once no other capture names them; None if the session was purged already (or is
+    /// still open).
+    pub async fn purge_session(&self, id: &str, now: i64) -> Result<Option<PurgedContent>> {
+        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let marked = sqlx::query(
+            "UPDATE sessions SET purged_at = ? WHERE id = ? AND purged_at IS NULL \
+             AND (status IN ('closed', 'expired') OR expires_at <= ?)",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
+        if marked.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let content =
+            sqlx::query("SELECT DISTINCT sha256, mime FROM captures WHERE session_id = ?")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(StoreError::classify)?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<PurgedContent>>()?;
+        for sql in [
+            "DELETE FROM captures WHERE session_id = ?",
+            "DELETE FROM capture_requests WHERE session_id = ?",
+            "UPDATE checklist_slots SET capture_id = NULL WHERE session_id = ?",
+            "DELETE FROM events WHERE session_id = ?",
+            "DELETE FROM webhook_outbox WHERE session_id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::classify)?;
+        }
+        tx.commit().await.map_err(StoreError::classify)?;
+        Ok(Some(content))
+    }
+
+    /// When the session's data was purged; None if it was not (or there is no such session).
+    pub async fn purged_at(&self, session_id: &str) -> Result<Option<i64>> {
+        let at: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT purged_at FROM sessions WHERE id = ?")
+                .bind(session_id)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(StoreError::classify)?;
+        Ok(at.flatten())
+    }
+}

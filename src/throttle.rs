@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -19,7 +19,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
-use crate::auth::url_query_value;
 use crate::error::ApiError;
 
 /// Open WebSockets per client IP.
@@ -155,18 +154,6 @@ fn limited(wait: Duration, what: &str) -> ApiError {
     e
 }
 
-/// The credential a request carries (bearer header or `token` query), if any.
-pub fn credential(req: &Request) -> Option<String> {
-    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
-        let (scheme, rest) = v.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| rest.trim().to_owned());
-    }
-    url_query_value(req.uri().query()?, "token")
-}
-
 /// The peer's address, where the server recorded it.
 pub fn peer_ip(req: &Request) -> Option<IpAddr> {
     req.extensions()
@@ -187,7 +174,8 @@ pub async fn limit_requests(
     let throttle = &state.throttle;
     let ip = throttle.client_ip(req.headers(), peer_ip(&req));
     req.extensions_mut().insert(ClientIp(ip));
-    if let Err(e) = throttle.check(ip, credential(&req).as_deref()) {
+    let credential = crate::auth::credential(req.headers(), req.uri());
+    if let Err(e) = throttle.check(ip, credential.as_deref()) {
         tracing::debug!(ip = ?ip, "rate limited");
         return e.into_response();
     }

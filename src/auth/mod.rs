@@ -51,15 +51,19 @@ impl Caller {
 /// The bearer credential of a request: `Authorization: Bearer …`, or a `token` query parameter
 /// (for `<img src>` and `EventSource`, which cannot set headers).
 fn bearer(parts: &Parts) -> Option<String> {
-    if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+    credential(&parts.headers, &parts.uri)
+}
+
+/// The bearer credential in a request's headers or its `token` query parameter.
+pub fn credential(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().ok()?;
         let (scheme, rest) = v.split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| rest.trim().to_owned());
     }
-    let query = parts.uri.query()?;
-    url_query_value(query, "token")
+    url_query_value(uri.query()?, "token")
 }
 
 /// The first value of `name` in a query string, percent-decoded.

@@ -6,4 +6,4 @@ mod room;
 pub mod view;
 
 pub use registry::Registry;
-pub use room::{CloseSpec, ConnHandle, Joined, Room, RoomError, close_code};
+pub use room::{CloseSpec, ConnHandle, Joined, Room, RoomError, Routed, close_code};

@@ -1,20 +1,24 @@
 //! One session's room: who is connected, the next `seq` of each recipient, and the rule that a
 //! durable event is in the event log before it is sent.
 //!
-//! Everything that changes a room runs under its one async lock, held across the event log's
-//! commit: that makes commit order equal `seq` order, lets a joining connection read the log and
-//! register for live events atomically (so nothing falls between replay and live), and costs
-//! little, since a room only ever serves two people. The lock is per room; rooms never wait on
-//! each other, and the log's group commit lets many rooms share one fsync.
+//! Everything that changes a room runs under its one async lock. Events are numbered under it and
+//! queued to the event log's writer under it, so queue order, commit order and `seq` order agree.
+//! Messages relayed between the participants are pipelined: the lock is let go once a message is
+//! queued, and the writer hands it on once its group has committed ([`Room::relay`]), so a
+//! connection's next message does not wait for the previous one's fsync. Everything else (joins,
+//! REST, captures, the end) first waits for the pipeline to drain and then holds the lock across
+//! its commit: a joining connection reads the log and registers for live events atomically, so
+//! nothing falls between replay and live. The lock is per room; rooms never wait on each other,
+//! and the log's group commit lets many rooms share one fsync.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, mpsc, watch};
 
 use crate::auth::Role;
-use crate::signaling::protocol::{ClientMsg, Event, LeaveReason};
-use crate::store::events::SeqMark;
+use crate::signaling::protocol::{self, ClientMsg, Event, LeaveReason, ProtocolError};
+use crate::store::events::{Chain, SeqMark};
 use crate::store::{EventRow, SessionRow, SessionStatus, SlotRow, Store, StoreError, now_ms};
 
 use super::view::{Presence, rfc3339};
@@ -106,6 +110,43 @@ pub enum RoomError {
     Store(#[from] StoreError),
 }
 
+impl RoomError {
+    /// The `error` a participant is sent when its message could not be routed.
+    pub fn refusal(&self, id: Option<serde_json::Value>) -> ProtocolError {
+        let (code, message) = match self {
+            RoomError::PeerAbsent => (
+                "peer_absent",
+                "the peer is not connected; nothing was relayed".to_owned(),
+            ),
+            RoomError::Ended(SessionStatus::Expired) => {
+                ("session_expired", "the session has expired".to_owned())
+            }
+            RoomError::Ended(_) => ("session_closed", "the session is closed".to_owned()),
+            RoomError::NotCurrent => (
+                "replaced",
+                "this connection was replaced by a newer one".to_owned(),
+            ),
+            RoomError::Store(StoreError::Busy(_) | StoreError::Full(_)) => {
+                ("unavailable", "the service is busy; send again".to_owned())
+            }
+            other => {
+                tracing::error!(error = %other, "routing failed");
+                ("internal", "the message could not be routed".to_owned())
+            }
+        };
+        ProtocolError { code, message, id }
+    }
+}
+
+/// How a relayed message went on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Handed to the peer (or dropped as intended): the sender may be acknowledged now.
+    Now,
+    /// Queued behind the event log's commit: the sender is sent its `ack` (or `error`) then.
+    Pending,
+}
+
 /// What a joining connection is told first: its welcome and the events it missed.
 pub struct Joined {
     pub session: SessionRow,
@@ -136,7 +177,6 @@ struct RoomState {
     /// The last seq issued to each role (indexed by `Role::index`).
     seq: [i64; 2],
     conns: [Option<ConnHandle>; 2],
-    watchers: Vec<Watcher>,
 }
 
 pub struct Room {
@@ -147,12 +187,33 @@ pub struct Room {
     present: [AtomicBool; 2],
     /// The seq marks of relayed signals, per recipient (indexed by `Role::index`).
     marks: [Arc<SeqMark>; 2],
+    /// Event-stream watchers; written under the state lock, read by the writer's continuations too.
+    watchers: std::sync::Mutex<Vec<Watcher>>,
+    /// The relayed messages queued to the event log and not yet handed on.
+    pipeline: Pipeline,
 }
+
+/// A room's relayed messages between being numbered and being handed on (see [`Room::relay`]).
+#[derive(Default)]
+struct Pipeline {
+    chain: Arc<Chain>,
+    /// Messages queued and not yet handed on (or failed).
+    pending: AtomicUsize,
+    drained: Notify,
+    /// After a failure: per recipient, the seq to number on from (the lowest failed seq less one).
+    rewind_to: [AtomicI64; 2],
+}
+
+const NO_REWIND: i64 = i64::MAX;
 
 impl Room {
     pub(super) fn new(id: String, store: Store, outbox: Arc<Outbox>) -> Self {
         // In `Role::index` order, like `seq` and `conns`.
         let marks = Role::BOTH.map(|r| SeqMark::new(id.clone(), r.as_str()));
+        let pipeline = Pipeline {
+            rewind_to: [AtomicI64::new(NO_REWIND), AtomicI64::new(NO_REWIND)],
+            ..Pipeline::default()
+        };
         Self {
             marks,
             id,
@@ -160,6 +221,86 @@ impl Room {
             outbox,
             state: Mutex::new(RoomState::default()),
             present: [AtomicBool::new(false), AtomicBool::new(false)],
+            watchers: std::sync::Mutex::new(Vec::new()),
+            pipeline,
+        }
+    }
+
+    fn watchers(&self) -> std::sync::MutexGuard<'_, Vec<Watcher>> {
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until every pipelined message has been handed on or has failed, then, if one failed,
+    /// numbers on from the first that failed (it and those after it were never sent: no gap).
+    /// Called under the state lock, so nothing is pipelined meanwhile.
+    async fn settle(&self, st: &mut RoomState) {
+        let p = &self.pipeline;
+        loop {
+            let drained = p.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if p.pending.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            drained.await;
+        }
+        if p.chain.is_broken() {
+            for (i, rewind) in p.rewind_to.iter().enumerate() {
+                let to = rewind.swap(NO_REWIND, Ordering::SeqCst);
+                if to != NO_REWIND {
+                    st.seq[i] = st.seq[i].min(to);
+                }
+            }
+            p.chain.mend();
+        }
+    }
+
+    /// Queues a relayed message (its rows, if durable) on the room's chain; once they are
+    /// committed, `send` hands it on and the sender is acknowledged, or, if they failed, the
+    /// sender is sent the error and the room will number on from the failed seq. Either way the
+    /// sender's place in its connection's in-flight window is given back then.
+    async fn enqueue(
+        self: &Arc<Self>,
+        rows: Vec<EventRow>,
+        failed_seq: (Role, i64),
+        sender: (ConnHandle, Option<serde_json::Value>, OwnedSemaphorePermit),
+        send: impl FnOnce(&Room, Vec<EventRow>) + Send + Sync + 'static,
+    ) {
+        self.pipeline.pending.fetch_add(1, Ordering::SeqCst);
+        let room = Arc::clone(self);
+        let then = Box::new(
+            move |outcome: Result<(), StoreError>, rows: Vec<EventRow>| {
+                match outcome {
+                    Ok(()) => {
+                        send(&room, rows);
+                        if let (conn, Some(id), _) = &sender {
+                            conn.send(protocol::ack(id));
+                        }
+                    }
+                    Err(e) => {
+                        let (role, seq) = failed_seq;
+                        room.pipeline.rewind_to[role.index()].fetch_min(seq - 1, Ordering::SeqCst);
+                        let (conn, id, _) = sender;
+                        conn.send(protocol::error(&RoomError::Store(e).refusal(id)));
+                    }
+                }
+                if room.pipeline.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    room.pipeline.drained.notify_waiters();
+                }
+            },
+        );
+        self.store
+            .appender()
+            .append_then(rows, &self.pipeline.chain, then)
+            .await;
+    }
+
+    /// Hands a committed event to its recipient's connection (if any) and event-stream watchers.
+    fn hand_on(&self, role: Role, seq: i64, body: String, conn: Option<&ConnHandle>) {
+        self.watchers()
+            .retain(|w| w.role != role || w.tx.try_send((seq, body.clone())).is_ok());
+        if let Some(conn) = conn {
+            conn.send(body);
         }
     }
 
@@ -233,11 +374,7 @@ impl Room {
     fn deliver(&self, st: &mut RoomState, rows: Vec<(Role, EventRow)>) {
         for (role, row) in rows {
             st.seq[role.index()] = row.seq;
-            st.watchers
-                .retain(|w| w.role != role || w.tx.try_send((row.seq, row.body.clone())).is_ok());
-            if let Some(conn) = &st.conns[role.index()] {
-                conn.send(row.body);
-            }
+            self.hand_on(role, row.seq, row.body, st.conns[role.index()].as_ref());
         }
     }
 
@@ -248,6 +385,7 @@ impl Room {
         to: &[Role],
         event: &Event,
     ) -> Result<(), RoomError> {
+        self.settle(st).await;
         let staged = self.stage(st, &[(to, event)]);
         let rows = staged.iter().map(|(_, r)| r.clone()).collect();
         self.store.appender().append(rows).await?;
@@ -281,6 +419,7 @@ impl Room {
         let mut st = self.state.lock().await;
         self.ensure_loaded(&mut st).await?;
         self.check_open(&st)?;
+        self.settle(&mut st).await;
         let (events, extra) = prepare().await?;
         let refs: Vec<(&[Role], &Event)> =
             events.iter().map(|(to, e)| (to.as_slice(), e)).collect();
@@ -299,6 +438,7 @@ impl Room {
     ) -> Result<(Vec<(i64, String)>, mpsc::Receiver<(i64, String)>), RoomError> {
         let mut st = self.state.lock().await;
         self.ensure_loaded(&mut st).await?;
+        self.settle(&mut st).await;
         let current = st.seq[role.index()];
         let replay = match after {
             Some(n) if n < current => {
@@ -312,7 +452,7 @@ impl Room {
         // An ended session has no live part: dropping `tx` ends the stream after the replay (the
         // caller may have seen it open just before the close).
         if st.ended.is_none() {
-            st.watchers.push(Watcher { role, tx });
+            self.watchers().push(Watcher { role, tx });
         }
         Ok((replay, rx))
     }
@@ -327,6 +467,7 @@ impl Room {
         let mut st = self.state.lock().await;
         self.ensure_loaded(&mut st).await?;
         self.check_open(&st)?;
+        self.settle(&mut st).await;
         let mut session = self
             .store
             .get_session(&self.id)
@@ -412,31 +553,74 @@ impl Room {
         st.conns.iter().all(Option::is_none)
     }
 
-    /// Routes a message from the participant `conn_id`: `signal` live only (it takes a seq only if
-    /// the peer is there to receive it), everything else through the log.
-    pub async fn relay(&self, from: Role, conn_id: u64, msg: ClientMsg) -> Result<(), RoomError> {
+    /// Routes a message from the participant `conn_id` (`id` is the client's, for its `ack`).
+    ///
+    /// Durable messages are numbered and queued to the event log under the lock, which is then let
+    /// go: the writer hands each one on once its group has committed, and acknowledges it to the
+    /// sender (or sends the sender the error), in queue order ([`Routed::Pending`]). A `signal` is
+    /// live only: it takes a seq only if the peer is there to receive it, and goes out at once
+    /// unless durable messages are still on their way, in which case it waits its turn behind them.
+    pub async fn relay(
+        self: &Arc<Self>,
+        from: Role,
+        conn_id: u64,
+        msg: ClientMsg,
+        id: Option<serde_json::Value>,
+        ticket: OwnedSemaphorePermit,
+    ) -> Result<Routed, RoomError> {
         let Some(event) = Event::relayed(from, msg) else {
-            return Ok(());
+            return Ok(Routed::Now);
         };
         let mut st = self.state.lock().await;
-        if st.conns[from.index()].as_ref().map(|c| c.id) != Some(conn_id) {
+        let Some(sender) = st.conns[from.index()].clone().filter(|c| c.id == conn_id) else {
             return Err(RoomError::NotCurrent);
-        }
+        };
         self.check_open(&st)?;
-        let peer = from.peer().index();
-        if event.is_durable() {
-            return self.publish(&mut st, &[from.peer()], &event).await;
+        if self.pipeline.chain.is_broken() {
+            self.settle(&mut st).await;
         }
-        let Some(conn) = st.conns[peer].clone() else {
+        let to = from.peer();
+        let conn = st.conns[to.index()].clone();
+        if event.is_durable() {
+            let staged = self.stage(&st, &[(&[to], &event)]);
+            let rows: Vec<EventRow> = staged.into_iter().map(|(_, row)| row).collect();
+            let first = rows.first().map_or(0, |r| r.seq);
+            if let Some(last) = rows.last() {
+                st.seq[to.index()] = last.seq;
+            }
+            let send = move |room: &Room, rows: Vec<EventRow>| {
+                for row in rows {
+                    room.hand_on(to, row.seq, row.body, conn.as_ref());
+                }
+            };
+            self.enqueue(rows, (to, first), (sender, id, ticket), send)
+                .await;
+            return Ok(Routed::Pending);
+        }
+        let Some(conn) = conn else {
             return Err(RoomError::PeerAbsent);
         };
-        st.seq[peer] += 1;
-        let seq = st.seq[peer];
-        conn.send(event.to_text(seq));
-        // The seq, not the signal, goes into the log (not awaited: signal stays live-only), so a
-        // room loaded again after a restart continues after it instead of issuing it twice.
-        self.store.appender().record_mark(&self.marks[peer], seq);
-        Ok(())
+        st.seq[to.index()] += 1;
+        let seq = st.seq[to.index()];
+        let text = event.to_text(seq);
+        if self.pipeline.pending.load(Ordering::SeqCst) == 0 {
+            conn.send(text);
+            // The seq, not the signal, goes into the log (not awaited: signal stays live-only), so
+            // a room loaded again after a restart continues after it instead of issuing it twice.
+            self.store
+                .appender()
+                .record_mark(&self.marks[to.index()], seq);
+            return Ok(Routed::Now);
+        }
+        let send = move |room: &Room, _: Vec<EventRow>| {
+            conn.send(text);
+            room.store
+                .appender()
+                .record_mark(&room.marks[to.index()], seq);
+        };
+        self.enqueue(Vec::new(), (to, seq), (sender, id, ticket), send)
+            .await;
+        Ok(Routed::Pending)
     }
 
     /// Ends the session (`closed` or `expired`): both roles are sent `session.closed`, then their
@@ -447,6 +631,7 @@ impl Room {
         if st.ended.is_some() {
             return Ok(false);
         }
+        self.settle(&mut st).await;
         let session = self
             .store
             .get_session(&self.id)
@@ -503,7 +688,7 @@ impl Room {
             }
         };
         // Event streams end with the session: their last event is `session.closed`.
-        st.watchers.clear();
+        self.watchers().clear();
         for (i, slot) in st.conns.iter_mut().enumerate() {
             if let Some(conn) = slot.take() {
                 conn.close(spec);
@@ -517,8 +702,12 @@ impl Room {
     /// registry) under the room's lock, so no caller can find it retired and still listed.
     pub(super) async fn retire_if_empty(&self, unlist: impl FnOnce()) {
         let mut st = self.state.lock().await;
-        st.watchers.retain(|w| !w.tx.is_closed());
-        if st.conns.iter().all(Option::is_none) && st.watchers.is_empty() && !st.retired {
+        let watched = {
+            let mut watchers = self.watchers();
+            watchers.retain(|w| !w.tx.is_closed());
+            !watchers.is_empty()
+        };
+        if st.conns.iter().all(Option::is_none) && !watched && !st.retired {
             st.retired = true;
             unlist();
         }

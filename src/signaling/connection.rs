@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -17,8 +17,8 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::metrics::Metrics;
 use crate::session::view::{Presence, SessionView};
-use crate::session::{CloseSpec, ConnHandle, Joined, Room, RoomError, close_code};
-use crate::store::{SessionStatus, StoreError, now_ms};
+use crate::session::{CloseSpec, ConnHandle, Joined, Room, RoomError, Routed, close_code};
+use crate::store::{SessionStatus, now_ms};
 
 use super::protocol::{self, ClientMsg, LeaveReason, ProtocolError};
 use super::ratelimit::{RateLimiter, Verdict};
@@ -131,6 +131,7 @@ async fn serve(
         limiter: RateLimiter::new(state.settings.ws_rate, state.settings.ws_burst),
         violations: 0,
         window_start: Instant::now(),
+        in_flight: Arc::new(Semaphore::new(in_flight_window(state.settings.ws_queue))),
     };
     let left = reader.read_loop(stream, close_rx, heartbeat).await;
     if let Some(reason) = left {
@@ -203,6 +204,15 @@ struct Reader<'a> {
     limiter: RateLimiter,
     violations: u32,
     window_start: Instant,
+    /// One permit per message routed and not yet handed on (see [`in_flight_window`]).
+    in_flight: Arc<Semaphore>,
+}
+
+/// Messages of one connection that may be on their way through the event log at once. Each is
+/// answered with an `ack` when it is handed on, so the window is kept well under the outbound
+/// queue (`--ws-queue`): a client that sends a burst is slowed down, never closed as too slow.
+fn in_flight_window(ws_queue: usize) -> usize {
+    (ws_queue / 4).clamp(1, 64)
 }
 
 impl Reader<'_> {
@@ -258,6 +268,14 @@ impl Reader<'_> {
                 }
             }
         }
+    }
+
+    /// A place in the connection's in-flight window, waiting for one if the window is full.
+    async fn ticket(&self) -> OwnedSemaphorePermit {
+        Arc::clone(&self.in_flight)
+            .acquire_owned()
+            .await
+            .expect("the in-flight window is never closed")
     }
 
     fn reply(&self, text: String) {
@@ -332,10 +350,13 @@ impl Reader<'_> {
                 .registry
                 .end(self.session_id, SessionStatus::Closed, "agent")
                 .await
-                .map(|_| ()),
-            ClientMsg::ChecklistAdd(slot) => {
-                self.state.registry.add_slot(self.session_id, &slot).await
-            }
+                .map(|_| Routed::Now),
+            ClientMsg::ChecklistAdd(slot) => self
+                .state
+                .registry
+                .add_slot(self.session_id, &slot)
+                .await
+                .map(|()| Routed::Now),
             ClientMsg::CaptureRequest(request) => {
                 // Recorded first: the customer's upload is accepted only against a known request.
                 let row = crate::store::captures::RequestRow {
@@ -358,45 +379,34 @@ impl Reader<'_> {
                                 self.role,
                                 self.handle.id,
                                 ClientMsg::CaptureRequest(request),
+                                id.clone(),
+                                self.ticket().await,
                             )
                             .await
                     }
                     Err(e) => Err(RoomError::Store(e)),
                 }
             }
-            msg => self.room.relay(self.role, self.handle.id, msg).await,
+            msg => {
+                self.room
+                    .relay(
+                        self.role,
+                        self.handle.id,
+                        msg,
+                        id.clone(),
+                        self.ticket().await,
+                    )
+                    .await
+            }
         };
         match outcome {
-            Ok(()) => {
+            Ok(routed) => {
                 self.state.metrics.relayed(kind);
-                if let Some(id) = &id {
+                if let (Routed::Now, Some(id)) = (routed, &id) {
                     self.reply(protocol::ack(id));
                 }
             }
-            Err(e) => {
-                let (code, message) = match &e {
-                    RoomError::PeerAbsent => (
-                        "peer_absent",
-                        "the peer is not connected; nothing was relayed".to_owned(),
-                    ),
-                    RoomError::Ended(SessionStatus::Expired) => {
-                        ("session_expired", "the session has expired".to_owned())
-                    }
-                    RoomError::Ended(_) => ("session_closed", "the session is closed".to_owned()),
-                    RoomError::NotCurrent => (
-                        "replaced",
-                        "this connection was replaced by a newer one".to_owned(),
-                    ),
-                    RoomError::Store(StoreError::Busy(_) | StoreError::Full(_)) => {
-                        ("unavailable", "the service is busy; send again".to_owned())
-                    }
-                    other => {
-                        tracing::error!(error = %other, "routing failed");
-                        ("internal", "the message could not be routed".to_owned())
-                    }
-                };
-                self.refuse(&ProtocolError { code, message, id });
-            }
+            Err(e) => self.refuse(&e.refusal(id)),
         }
         None
     }

@@ -44,19 +44,78 @@ impl SeqMark {
     }
 }
 
+/// Batches that must reach the log in queue order and with no gap: once one fails, the ones queued
+/// after it fail unwritten, until their owner has taken the failure in and [`Chain::mend`]s it.
+/// A room's pipelined messages form one chain, so a recipient never gets a later `seq` of a
+/// session whose earlier one was lost.
+#[derive(Debug, Default)]
+pub struct Chain {
+    broken: AtomicBool,
+}
+
+impl Chain {
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    /// Lets the chain take batches again (its owner has renumbered after the failure).
+    pub fn mend(&self) {
+        self.broken.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Why a batch was not written, kept so that every batch of a failed group gets its own copy.
+#[derive(Debug, Clone)]
+enum Failure {
+    Busy(String),
+    Full(String),
+    Other(String),
+}
+
+impl Failure {
+    fn of(e: &StoreError) -> Self {
+        match e {
+            StoreError::Busy(m) => Failure::Busy(m.clone()),
+            StoreError::Full(m) => Failure::Full(m.clone()),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+
+    fn into_error(self) -> StoreError {
+        match self {
+            Failure::Busy(m) => StoreError::Busy(m),
+            Failure::Full(m) => StoreError::Full(m),
+            Failure::Other(m) => StoreError::Db(sqlx::Error::Protocol(m)),
+        }
+    }
+}
+
+/// Run by the writer once a batch's group has committed (Ok) or failed, with the batch's rows.
+pub type Then = Box<dyn FnOnce(Result<()>, Vec<EventRow>) + Send + Sync>;
+
 enum Job {
     Rows(Vec<EventRow>),
     Mark(Arc<SeqMark>),
 }
 
+enum Done {
+    /// A caller waits for the outcome.
+    Wait(oneshot::Sender<Result<(), Failure>>),
+    /// The writer runs this, in queue order.
+    Then(Then),
+    Nothing,
+}
+
 struct Batch {
     job: Job,
-    done: oneshot::Sender<Result<(), String>>,
+    done: Done,
+    chain: Option<Arc<Chain>>,
 }
 
 /// Writes event rows with group commit: whatever batches are waiting when the writer is free go
-/// into one transaction, so a burst of events from many sessions costs one fsync. Each caller
-/// still waits for its own rows to be durable before it sends them on.
+/// into one transaction, so a burst of events from many sessions costs one fsync. A batch's rows
+/// are sent on only once they are durable: its caller waits ([`Appender::append`]), or the writer
+/// runs the batch's continuation after the commit, in queue order ([`Appender::append_then`]).
 #[derive(Clone)]
 pub struct Appender {
     tx: mpsc::Sender<Batch>,
@@ -70,29 +129,43 @@ impl Appender {
         let (tx, mut rx) = mpsc::channel::<Batch>(4096);
         tokio::spawn(async move {
             let mut group = Vec::with_capacity(64);
+            let mut skip = Vec::with_capacity(64);
             while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-                let outcome = write_group(&pool, &group).await.map_err(|e| e.to_string());
-                for batch in group.drain(..) {
-                    let _ = batch.done.send(outcome.clone());
+                // A batch of a broken chain is not written: it fails with the one before it.
+                skip.clear();
+                skip.extend(
+                    group
+                        .iter()
+                        .map(|b: &Batch| b.chain.as_ref().is_some_and(|c| c.is_broken())),
+                );
+                let outcome = write_group(&pool, &group, &skip)
+                    .await
+                    .map_err(|e| Failure::of(&e));
+                if outcome.is_err() {
+                    for batch in &group {
+                        if let Some(chain) = &batch.chain {
+                            chain.broken.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                for (batch, skipped) in group.drain(..).zip(skip.iter()) {
+                    let result = if *skipped {
+                        Err(Failure::Busy(
+                            "an earlier event of this session could not be stored".into(),
+                        ))
+                    } else {
+                        outcome.clone()
+                    };
+                    batch.finish(result);
                 }
             }
         });
         Self { tx }
     }
 
-    /// Queues rows without waiting for their commit (they are committed in queue order, so no
-    /// later than any row appended after them). Used for the seq marks of live-only `signal`s.
-    pub fn append_detached(&self, rows: Vec<EventRow>) {
-        let (done, _) = oneshot::channel();
-        let job = Job::Rows(rows);
-        if self.tx.try_send(Batch { job, done }).is_err() {
-            tracing::warn!("event writer backlogged: a signal's seq mark was not recorded");
-        }
-    }
-
     /// Records that a live-only `signal` took `seq` (without waiting for the commit). It is
-    /// committed no later than any row appended after this call, like [`Self::append_detached`],
-    /// but marks of one recipient coalesce while one is queued.
+    /// committed no later than any row appended after this call, but marks of one recipient
+    /// coalesce while one is queued.
     pub fn record_mark(&self, mark: &Arc<SeqMark>, seq: i64) {
         // The seq first, then the flag: a writer that has taken the flag down reads the seq after,
         // so it either sees this seq or leaves the flag down for this call to queue a new mark.
@@ -100,25 +173,22 @@ impl Appender {
         if mark.queued.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (done, _) = oneshot::channel();
         let job = Job::Mark(Arc::clone(mark));
-        if self.tx.try_send(Batch { job, done }).is_err() {
+        let batch = Batch {
+            job,
+            done: Done::Nothing,
+            chain: None,
+        };
+        if self.tx.try_send(batch).is_err() {
             mark.queued.store(false, Ordering::SeqCst);
             tracing::warn!("event writer backlogged: a signal's seq mark was not recorded");
         }
     }
 
     /// Returns once everything queued before it has been written (or has failed): what
-    /// [`Self::append_detached`] queued is on disk before the database is closed.
+    /// [`Self::record_mark`] queued is on disk before the database is closed.
     pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        let flushed = Batch {
-            job: Job::Rows(Vec::new()),
-            done,
-        };
-        if self.tx.send(flushed).await.is_ok() {
-            let _ = wait.await;
-        }
+        let _ = self.append_waiting(Vec::new()).await;
     }
 
     /// Appends rows and returns once they are committed.
@@ -126,48 +196,90 @@ impl Appender {
         if rows.is_empty() {
             return Ok(());
         }
+        self.append_waiting(rows).await
+    }
+
+    async fn append_waiting(&self, rows: Vec<EventRow>) -> Result<()> {
         let (done, wait) = oneshot::channel();
+        let batch = Batch {
+            job: Job::Rows(rows),
+            done: Done::Wait(done),
+            chain: None,
+        };
         self.tx
-            .send(Batch {
-                job: Job::Rows(rows),
-                done,
-            })
+            .send(batch)
             .await
             .map_err(|_| StoreError::WriterGone)?;
         match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) if msg.contains("locked") || msg.contains("busy") => {
-                Err(StoreError::Busy(msg))
-            }
-            Ok(Err(msg)) => Err(StoreError::Db(sqlx::Error::Protocol(msg))),
+            Ok(outcome) => outcome.map_err(Failure::into_error),
             Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// Queues rows (possibly none: a place in the queue is all some callers need) on `chain` and
+    /// returns without waiting for the commit; the writer runs `then` with the outcome and the
+    /// rows once their group is committed or has failed, after the `then` of every batch queued
+    /// before. `then` runs exactly once (at once, if the writer has stopped), and must not block.
+    pub async fn append_then(&self, rows: Vec<EventRow>, chain: &Arc<Chain>, then: Then) {
+        let batch = Batch {
+            job: Job::Rows(rows),
+            done: Done::Then(then),
+            chain: Some(Arc::clone(chain)),
+        };
+        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
+            batch.finish(Err(Failure::Other("the event writer has stopped".into())));
         }
     }
 }
 
-async fn write_group(pool: &SqlitePool, group: &[Batch]) -> Result<()> {
-    let mut tx = pool.begin().await.map_err(StoreError::classify)?;
-    for batch in group {
-        match &batch.job {
-            Job::Rows(rows) => insert_events(&mut tx, rows).await?,
-            Job::Mark(mark) => {
-                mark.queued.store(false, Ordering::SeqCst);
-                let seq = mark.seq.load(Ordering::SeqCst);
-                // OR IGNORE: a number already on record (a mark that failed with its group and
-                // was taken again) is no reason to fail the events committed with it.
-                sqlx::query(
-                    "INSERT OR IGNORE INTO events (session_id, role, seq, kind, body, created_at) \
-                     VALUES (?, ?, ?, 'signal', '', ?)",
-                )
-                .bind(&mark.session_id)
-                .bind(mark.role)
-                .bind(seq)
-                .bind(super::now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::classify)?;
+impl Batch {
+    fn finish(self, outcome: Result<(), Failure>) {
+        match self.done {
+            Done::Wait(tx) => {
+                let _ = tx.send(outcome);
             }
+            Done::Then(then) => {
+                let rows = match self.job {
+                    Job::Rows(rows) => rows,
+                    Job::Mark(_) => Vec::new(),
+                };
+                then(outcome.map_err(Failure::into_error), rows);
+            }
+            Done::Nothing => {}
         }
+    }
+}
+
+async fn write_group(pool: &SqlitePool, group: &[Batch], skip: &[bool]) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut marks = Vec::new();
+    for (batch, _) in group.iter().zip(skip).filter(|(_, s)| !**s) {
+        match &batch.job {
+            Job::Rows(r) => rows.extend(r.iter()),
+            Job::Mark(mark) => marks.push(mark),
+        }
+    }
+    if rows.is_empty() && marks.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await.map_err(StoreError::classify)?;
+    insert_rows(&mut tx, &rows).await?;
+    for mark in marks {
+        mark.queued.store(false, Ordering::SeqCst);
+        let seq = mark.seq.load(Ordering::SeqCst);
+        // OR IGNORE: a number already on record (a mark that failed with its group and
+        // was taken again) is no reason to fail the events committed with it.
+        sqlx::query(
+            "INSERT OR IGNORE INTO events (session_id, role, seq, kind, body, created_at) \
+             VALUES (?, ?, ?, 'signal', '', ?)",
+        )
+        .bind(&mark.session_id)
+        .bind(mark.role)
+        .bind(seq)
+        .bind(super::now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
     }
     tx.commit().await.map_err(StoreError::classify)
 }
@@ -177,19 +289,38 @@ pub(crate) async fn insert_events(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     rows: &[EventRow],
 ) -> Result<()> {
-    for row in rows {
-        sqlx::query(
-            "INSERT INTO events (session_id, role, seq, kind, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&row.session_id)
-        .bind(row.role)
-        .bind(row.seq)
-        .bind(row.kind)
-        .bind(&row.body)
-        .bind(row.created_at)
-        .execute(&mut **tx)
-        .await
-        .map_err(StoreError::classify)?;
+    insert_rows(tx, &rows.iter().collect::<Vec<_>>()).await
+}
+
+/// Rows per multi-row INSERT, largest first: a group of many small events costs a few statements
+/// (each a round trip to SQLite's thread), and a handful of distinct statements stays prepared.
+const INSERT_CHUNKS: [usize; 3] = [32, 8, 1];
+
+async fn insert_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    mut rows: &[&EventRow],
+) -> Result<()> {
+    for size in INSERT_CHUNKS {
+        while rows.len() >= size {
+            let (chunk, rest) = rows.split_at(size);
+            rows = rest;
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO events (session_id, role, seq, kind, body, created_at) ",
+            );
+            insert.push_values(chunk, |mut b, row| {
+                b.push_bind(row.session_id.as_str())
+                    .push_bind(row.role)
+                    .push_bind(row.seq)
+                    .push_bind(row.kind)
+                    .push_bind(row.body.as_str())
+                    .push_bind(row.created_at);
+            });
+            insert
+                .build()
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::classify)?;
+        }
     }
     Ok(())
 }
@@ -256,6 +387,40 @@ mod tests {
         .await
         .unwrap();
         store
+    }
+
+    /// Rows go in as multi-row INSERTs of a few sizes; every row of an odd-sized batch is written.
+    #[tokio::test]
+    async fn a_batch_of_any_size_is_written_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_session(dir.path(), "ses_rows").await;
+        let rows = |from: i64, n: i64| -> Vec<EventRow> {
+            (from..from + n)
+                .map(|seq| EventRow {
+                    session_id: "ses_rows".into(),
+                    role: "agent",
+                    seq,
+                    kind: "chat",
+                    body: format!("{{\"n\":{seq}}}"),
+                    created_at: 0,
+                })
+                .collect()
+        };
+        // 77 = 2 x 32 + 8 + 5 x 1; then one of each single size.
+        store.appender().append(rows(1, 77)).await.unwrap();
+        store.appender().append(rows(78, 1)).await.unwrap();
+        store.appender().append(rows(79, 8)).await.unwrap();
+        let got = store
+            .events_between("ses_rows", "agent", 0, 1000)
+            .await
+            .unwrap();
+        let want: Vec<(i64, String)> = (1..=86).map(|n| (n, format!("{{\"n\":{n}}}"))).collect();
+        assert_eq!(got, want);
+        // A duplicate seq fails the whole batch: none of its rows is written.
+        let mut dup = rows(87, 40);
+        dup[39].seq = 5;
+        assert!(store.appender().append(dup).await.is_err());
+        assert_eq!(store.last_seqs("ses_rows").await.unwrap(), (86, 0));
     }
 
     /// A burst of signals, faster than the writer commits (the relay benchmark's 40,000/s), must

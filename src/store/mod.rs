@@ -163,6 +163,11 @@ async fn release_writer(
     conn: &mut sqlx::SqliteConnection,
 ) -> std::result::Result<bool, sqlx::Error> {
     use sqlx::Connection;
+    // A commit that succeeded has left no transaction (sqlx counts them on SQLite's thread, before
+    // it answers): the common case costs no round trip.
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
     // Waits for what is queued on the connection (the rollback of a dropped transaction).
     conn.ping().await?;
     if conn.is_in_transaction() {

@@ -593,22 +593,14 @@ async fn a_client_that_stops_reading_is_closed_and_other_sessions_p99_is_unchang
 
 #[tokio::test]
 async fn a_write_lock_held_elsewhere_answers_503_writes_nothing_and_recovers_at_once() {
-    use sqlx::{ConnectOptions, Connection};
+    use sqlx::Connection;
     let srv = TestServer::start_with(|s| s.db_busy_timeout_ms = 200).await;
     let s = srv.session().await;
     let (mut agent, _) = srv.join(&s.agent_token).await;
     let files_before = media_files(&srv.data_dir);
 
     // A second SQLite connection, as another process would open it, takes the write lock.
-    let mut other = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(srv.data_dir.join(capturelink::store::DB_FILE))
-        .connect()
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let mut other = hold_write_lock(&srv.data_dir).await;
 
     let started = Instant::now();
     let r = upload_with_key(&srv, &s.id, jpeg(41), Some("busy-1")).await;
@@ -658,6 +650,80 @@ async fn a_write_lock_held_elsewhere_answers_503_writes_nothing_and_recovers_at_
         .await;
     agent.expect("ack").await;
     other.close().await.unwrap();
+}
+
+/// Messages sent back to back while the log cannot be written: the first fails, and those queued
+/// behind it fail unwritten (or, if it failed before they were routed, go through): whatever the
+/// timing, each is acked or refused once, the peer's seqs stay contiguous, and numbering goes on
+/// without a gap once the lock goes.
+#[tokio::test]
+async fn messages_queued_behind_a_failed_commit_leave_no_gap_in_seq() {
+    use sqlx::Connection;
+    let srv = TestServer::start_with(|s| s.db_busy_timeout_ms = 200).await;
+    let s = srv.session().await;
+    let (mut agent, _) = srv.join(&s.agent_token).await;
+    let (mut customer, cw) = srv.join(&s.customer_token).await;
+    agent.expect("peer.joined").await;
+    let mut next = cw["last_seq"].as_i64().unwrap() + 1;
+
+    let mut other = hold_write_lock(&srv.data_dir).await;
+    let burst = [
+        json!({"type":"chat","id":"c1","text":"one"}),
+        json!({"type":"guide","id":"g2","hint":"closer"}),
+        json!({"type":"signal","id":"s3","data":{"candidate":"x"}}),
+        json!({"type":"chat","id":"c4","text":"four"}),
+    ];
+    for m in &burst {
+        agent.send(m.clone()).await;
+    }
+    let mut answers = BTreeMap::new();
+    for _ in &burst {
+        let m = agent.recv().await;
+        let id = m["id"].as_str().or(m["ref"].as_str()).unwrap().to_owned();
+        let code = m["code"].as_str().unwrap_or("ack").to_owned();
+        assert!(answers.insert(id, code).is_none(), "answered twice: {m}");
+    }
+    assert_eq!(answers["c1"], "unavailable", "{answers:?}");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+
+    // What was acked arrived, in order and numbered on from before the burst; nothing else did.
+    for m in burst
+        .iter()
+        .filter(|m| answers[m["id"].as_str().unwrap()] == "ack")
+    {
+        let got = customer.recv().await;
+        assert_eq!((&got["type"], seq(&got)), (&m["type"], next), "{got}");
+        next += 1;
+    }
+    customer.expect_silence(Duration::from_millis(300)).await;
+    agent
+        .send(json!({"type":"chat","id":"c5","text":"after"}))
+        .await;
+    agent.expect("ack").await;
+    let got = customer.expect("chat").await;
+    assert_eq!((got["text"].as_str(), seq(&got)), (Some("after"), next));
+
+    // A reconnect from before the burst replays exactly the durable messages that were acked.
+    drop(customer);
+    agent.expect("peer.left").await;
+    let (mut back, w) = srv
+        .join_at(&s.customer_token, cw["last_seq"].as_i64())
+        .await;
+    assert_eq!(w["resumed"], true);
+    let mut texts = Vec::new();
+    while texts.last() != Some(&json!("after")) {
+        let m = back.recv().await;
+        texts.push(m.get("text").cloned().unwrap_or(m["type"].clone()));
+    }
+    let expected: Vec<Value> = burst
+        .iter()
+        .filter(|m| m["type"] != "signal" && answers[m["id"].as_str().unwrap()] == "ack")
+        .map(|m| m.get("text").cloned().unwrap_or(m["type"].clone()))
+        .chain([json!("after")])
+        .collect();
+    assert_eq!(texts, expected);
+    eprintln!("answers under the lock: {answers:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

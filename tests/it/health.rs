@@ -1,13 +1,10 @@
 //! The operator's view: liveness, readiness (a database that takes writes, a data dir with room)
 //! and the metrics moving as the service works.
 
-use std::str::FromStr;
-
 use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, ImageEncoder, RgbImage};
 use serde_json::{Value, json};
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 
 use crate::support::*;
 
@@ -51,17 +48,7 @@ async fn healthz_answers_and_readyz_reports_a_database_that_takes_writes() {
     assert!(body["checks"]["disk"]["free_bytes"].as_u64().unwrap() > 0);
 
     // Another process takes the database's write lock and keeps it.
-    let db = srv.data_dir.join("capturelink.db");
-    let mut other = SqliteConnectOptions::from_str("sqlite:")
-        .unwrap()
-        .filename(&db)
-        .connect()
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let mut other = hold_write_lock(&srv.data_dir).await;
     let (status, retry, body) = readyz(&srv).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry.as_deref(), Some("5"));

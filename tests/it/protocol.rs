@@ -694,3 +694,72 @@ async fn each_recipient_gets_contiguous_seqs_and_replies_carry_none() {
     let left = agent.expect("peer.left").await;
     assert_eq!(left["seq"], next_agent);
 }
+
+/// Messages sent back to back, without waiting for acks: durable ones are committed together and
+/// a `signal` sent behind them waits its turn, so the peer gets them all in the order sent with
+/// contiguous seqs, each acked once; a later reconnect replays the durable ones in that order.
+#[tokio::test]
+async fn messages_sent_without_waiting_arrive_in_order_with_contiguous_seqs() {
+    let srv = TestServer::start_with(|s| {
+        s.ws_rate = 1_000;
+        s.ws_burst = 1_000;
+    })
+    .await;
+    let s = srv.session().await;
+    let (mut agent, _) = srv.join(&s.agent_token).await;
+    let (mut customer, cw) = srv.join(&s.customer_token).await;
+    agent.expect("peer.joined").await;
+    let first = cw["last_seq"].as_i64().unwrap() + 1;
+
+    let sent: Vec<Value> = (0..60)
+        .map(|i| match i % 4 {
+            0 => json!({"type":"guide","id":i,"text":format!("g{i}")}),
+            1 => json!({"type":"signal","id":i,"data":{"candidate":format!("s{i}")}}),
+            2 => json!({"type":"chat","id":i,"text":format!("c{i}")}),
+            _ => json!({"type":"signal","id":i,"data":{"candidate":format!("t{i}")}}),
+        })
+        .collect();
+    for m in &sent {
+        agent.send(m.clone()).await;
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    for _ in &sent {
+        let ack = agent.expect("ack").await;
+        assert!(
+            acked.insert(ack["id"].as_i64().unwrap()),
+            "acked twice: {ack}"
+        );
+    }
+    assert_eq!(acked.len(), sent.len());
+    agent.expect_silence(QUIET).await;
+
+    let mut durable = Vec::new();
+    for (i, m) in sent.iter().enumerate() {
+        let got = customer.recv().await;
+        assert_eq!(got["type"], m["type"], "message {i}: {got}");
+        assert_eq!(got["seq"], first + i as i64, "{got}");
+        let body = if m["type"] == "signal" {
+            &got["data"]["candidate"]
+        } else {
+            &got["text"]
+        };
+        assert_eq!(
+            *body,
+            m.get("text").unwrap_or(&m["data"]["candidate"]).clone()
+        );
+        if m["type"] != "signal" {
+            durable.push(got);
+        }
+    }
+    customer.expect_silence(QUIET).await;
+
+    // Reconnecting from before them replays the durable ones, in order, with the same seqs.
+    drop(customer);
+    agent.expect("peer.left").await;
+    let (mut back, w) = srv.join_at(&s.customer_token, Some(first - 1)).await;
+    assert_eq!(w["resumed"], true);
+    for d in &durable {
+        let got = back.recv().await;
+        assert_eq!((&got["seq"], &got["type"]), (&d["seq"], &d["type"]));
+    }
+}

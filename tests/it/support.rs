@@ -384,3 +384,19 @@ pub fn rustls_client_config(cert_pem: &[u8]) -> std::sync::Arc<tokio_rustls::rus
         .with_no_client_auth();
     std::sync::Arc::new(config)
 }
+
+/// A second SQLite connection to the server's database, as another process would open it, holding
+/// the write lock (`BEGIN IMMEDIATE`) until it runs `ROLLBACK` or is dropped.
+pub async fn hold_write_lock(data_dir: &Path) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions;
+    let mut other = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(data_dir.join(capturelink::store::DB_FILE))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other
+}

@@ -255,33 +255,57 @@ async fn write_group(pool: &SqlitePool, group: &[Batch], skip: &[bool]) -> Resul
     let mut marks = Vec::new();
     for (batch, _) in group.iter().zip(skip).filter(|(_, s)| !**s) {
         match &batch.job {
-            Job::Rows(r) => rows.extend(r.iter()),
+            Job::Rows(r) => rows.extend(r.iter().map(RowRef::from)),
             Job::Mark(mark) => marks.push(mark),
         }
     }
     if rows.is_empty() && marks.is_empty() {
         return Ok(());
     }
+    let now = super::now_ms();
+    let marks: Vec<RowRef<'_>> = marks
+        .into_iter()
+        .map(|mark| {
+            mark.queued.store(false, Ordering::SeqCst);
+            RowRef {
+                session_id: &mark.session_id,
+                role: mark.role,
+                seq: mark.seq.load(Ordering::SeqCst),
+                kind: "signal",
+                body: "",
+                created_at: now,
+            }
+        })
+        .collect();
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
-    insert_rows(&mut tx, &rows).await?;
-    for mark in marks {
-        mark.queued.store(false, Ordering::SeqCst);
-        let seq = mark.seq.load(Ordering::SeqCst);
-        // OR IGNORE: a number already on record (a mark that failed with its group and
-        // was taken again) is no reason to fail the events committed with it.
-        sqlx::query(
-            "INSERT OR IGNORE INTO events (session_id, role, seq, kind, body, created_at) \
-             VALUES (?, ?, ?, 'signal', '', ?)",
-        )
-        .bind(&mark.session_id)
-        .bind(mark.role)
-        .bind(seq)
-        .bind(super::now_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::classify)?;
-    }
+    insert_rows(&mut tx, "INSERT", &rows).await?;
+    // OR IGNORE: a number already on record (a mark that failed with its group and was taken
+    // again) is no reason to fail the events committed with it.
+    insert_rows(&mut tx, "INSERT OR IGNORE", &marks).await?;
     tx.commit().await.map_err(StoreError::classify)
+}
+
+/// An event row as written, borrowed (a seq mark is a row with an empty body).
+struct RowRef<'a> {
+    session_id: &'a str,
+    role: &'static str,
+    seq: i64,
+    kind: &'static str,
+    body: &'a str,
+    created_at: i64,
+}
+
+impl<'a> From<&'a EventRow> for RowRef<'a> {
+    fn from(row: &'a EventRow) -> Self {
+        Self {
+            session_id: &row.session_id,
+            role: row.role,
+            seq: row.seq,
+            kind: row.kind,
+            body: &row.body,
+            created_at: row.created_at,
+        }
+    }
 }
 
 /// Inserts event rows inside a caller's transaction.
@@ -289,7 +313,8 @@ pub(crate) async fn insert_events(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     rows: &[EventRow],
 ) -> Result<()> {
-    insert_rows(tx, &rows.iter().collect::<Vec<_>>()).await
+    let rows: Vec<RowRef<'_>> = rows.iter().map(RowRef::from).collect();
+    insert_rows(tx, "INSERT", &rows).await
 }
 
 /// Rows per multi-row INSERT, largest first: a group of many small events costs a few statements
@@ -298,21 +323,21 @@ const INSERT_CHUNKS: [usize; 3] = [32, 8, 1];
 
 async fn insert_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    mut rows: &[&EventRow],
+    verb: &str,
+    mut rows: &[RowRef<'_>],
 ) -> Result<()> {
     for size in INSERT_CHUNKS {
         while rows.len() >= size {
             let (chunk, rest) = rows.split_at(size);
             rows = rest;
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO events (session_id, role, seq, kind, body, created_at) ",
-            );
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(verb);
+            insert.push(" INTO events (session_id, role, seq, kind, body, created_at) ");
             insert.push_values(chunk, |mut b, row| {
-                b.push_bind(row.session_id.as_str())
+                b.push_bind(row.session_id)
                     .push_bind(row.role)
                     .push_bind(row.seq)
                     .push_bind(row.kind)
-                    .push_bind(row.body.as_str())
+                    .push_bind(row.body)
                     .push_bind(row.created_at);
             });
             insert

@@ -165,7 +165,7 @@ impl Metrics {
             );
             r.register_with_unit(
                 "capture_store",
-                "Writing and syncing the file and committing the capture",
+                "After decoding: writing and syncing the thumbnail and committing the capture (the original is written during the decode)",
                 Unit::Seconds,
                 m.store_seconds.clone(),
             );

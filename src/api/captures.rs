@@ -413,32 +413,44 @@ async fn store_upload(
         ));
     }
 
+    // The original is hashed and written (fsynced) while the image is decoded.
     let decode_started = std::time::Instant::now();
     let kind = identify(&upload.image, upload.declared.as_deref()).map_err(capture_error)?;
-    let processed = state
-        .pipeline
-        .process(upload.image.clone(), kind)
-        .await
-        .map_err(capture_error)?;
-    state
-        .metrics
-        .decode_seconds
-        .observe(decode_started.elapsed().as_secs_f64());
     let image = upload.image.clone();
-    let sha256 = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&image)))
-        .await
-        .map_err(ApiError::internal)?;
+    let original = async {
+        let bytes = image.clone();
+        let sha256 = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)))
+            .await
+            .map_err(std::io::Error::other)?;
+        state.media.put_original(sha256, kind.ext(), image).await
+    };
+    let (processed, original) = tokio::join!(
+        async {
+            let processed = state.pipeline.process(upload.image.clone(), kind).await;
+            state
+                .metrics
+                .decode_seconds
+                .observe(decode_started.elapsed().as_secs_f64());
+            processed
+        },
+        original
+    );
+    let processed = match (processed, &original) {
+        (Ok(p), _) => p,
+        (Err(e), Ok(stored)) => {
+            state.media.discard(stored).await;
+            return Err(capture_error(e));
+        }
+        (Err(e), Err(_)) => return Err(capture_error(e)),
+    };
+    let stored = original.map_err(storage_error)?;
     let store_started = std::time::Instant::now();
     state
         .media
-        .put_capture(
-            sha256.clone(),
-            kind.ext(),
-            upload.image.clone(),
-            processed.thumbnail,
-        )
+        .put_thumbnail(&stored, processed.thumbnail)
         .await
         .map_err(storage_error)?;
+    let sha256 = stored.sha256.clone();
 
     let row = CaptureRow {
         id: format!("cap_{}", uuid::Uuid::now_v7().simple()),

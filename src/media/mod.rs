@@ -10,6 +10,15 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// An original stored by an upload whose thumbnail is not written yet.
+#[derive(Debug)]
+pub struct StoredOriginal {
+    pub sha256: String,
+    ext: &'static str,
+    /// This upload created the file (it was not there already as another capture's).
+    wrote: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct MediaStore {
     root: PathBuf,
@@ -91,22 +100,58 @@ impl MediaStore {
         original: bytes::Bytes,
         thumbnail: Vec<u8>,
     ) -> std::io::Result<()> {
+        let stored = self.put_original(sha256_hex, ext, original).await?;
+        self.put_thumbnail(&stored, thumbnail).await
+    }
+
+    /// Stores an upload's original, before its thumbnail exists (so the write can run while the
+    /// image is decoded). Follow with [`Self::put_thumbnail`], or [`Self::discard`] if the upload
+    /// is refused after all.
+    pub async fn put_original(
+        &self,
+        sha256_hex: String,
+        ext: &'static str,
+        original: bytes::Bytes,
+    ) -> std::io::Result<StoredOriginal> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let original_path = this.original_path(&sha256_hex, ext);
-            let wrote_original = this.put(&original_path, &original)?;
-            match this.put(&this.thumbnail_path(&sha256_hex), &thumbnail) {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    if wrote_original {
-                        let _ = std::fs::remove_file(&original_path);
-                    }
-                    Err(e)
-                }
-            }
+            let wrote = this.put(&this.original_path(&sha256_hex, ext), &original)?;
+            Ok(StoredOriginal {
+                sha256: sha256_hex,
+                ext,
+                wrote,
+            })
         })
         .await
         .map_err(std::io::Error::other)?
+    }
+
+    /// Stores the thumbnail of an original from [`Self::put_original`]. When it cannot be written,
+    /// the original is discarded too.
+    pub async fn put_thumbnail(
+        &self,
+        stored: &StoredOriginal,
+        thumbnail: Vec<u8>,
+    ) -> std::io::Result<()> {
+        let this = self.clone();
+        let path = self.thumbnail_path(&stored.sha256);
+        let written = tokio::task::spawn_blocking(move || this.put(&path, &thumbnail))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = written {
+            self.discard(stored).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes an original that [`Self::put_original`] wrote for an upload that was then refused
+    /// (one that was there before, another capture's, stays).
+    pub async fn discard(&self, stored: &StoredOriginal) {
+        if stored.wrote {
+            let _ = tokio::fs::remove_file(self.original_path(&stored.sha256, stored.ext)).await;
+        }
     }
 
     /// Removes the files of a capture that was not recorded (the database refused the row).

@@ -6,7 +6,8 @@
 //! each output pixel's window with float `ceil`s. This walks each source row once, adding it
 //! into per-column sums, then sums the columns of each output pixel's window. The windows and the
 //! rounding are `image`'s own (0.25: `imageops::sample::thumbnail`, the block case, which is the
-//! only case when both sides shrink), so the result is identical, as the tests check.
+//! only case when both sides shrink), so the result is identical, as the tests check. A large
+//! image is done in two bands of output rows on two threads, which changes nothing in the result.
 
 use image::{DynamicImage, ImageBuffer};
 
@@ -57,30 +58,54 @@ fn shrink<const C: usize>(
         return None;
     }
     let stride = width as usize * C;
-    let mut sums = vec![0u32; stride];
-    let mut out = Vec::with_capacity(nw as usize * nh as usize * C);
-    for &(top, bottom) in &rows {
-        sums.fill(0);
-        for row in src[top * stride..bottom * stride].chunks_exact(stride) {
-            for (s, &v) in sums.iter_mut().zip(row) {
-                *s += u32::from(v);
-            }
-        }
-        let tall = (bottom - top) as u32;
-        for &(left, right) in &cols {
-            let n = (right - left) as u32 * tall;
-            let round = n / 2;
-            let mut px = [0u32; C];
-            for col in sums[left * C..right * C].chunks_exact(C) {
-                for (p, &s) in px.iter_mut().zip(col) {
-                    *p += s;
+    // A large image is shrunk in two bands of output rows at once (a 1080p upload waits on this
+    // alone); each output row depends only on its own window of source rows.
+    let bands = if src.len() >= PARALLEL_FROM_BYTES && rows.len() >= 2 {
+        2
+    } else {
+        1
+    };
+    let per_band = rows.len().div_ceil(bands);
+    let band = |rows: &[(usize, usize)]| {
+        let mut sums = vec![0u32; stride];
+        let mut out = Vec::with_capacity(cols.len() * rows.len() * C);
+        for &(top, bottom) in rows {
+            sums.fill(0);
+            for row in src[top * stride..bottom * stride].chunks_exact(stride) {
+                for (s, &v) in sums.iter_mut().zip(row) {
+                    *s += u32::from(v);
                 }
             }
-            out.extend(px.iter().map(|&p| ((p + round) / n).min(255) as u8));
+            let tall = (bottom - top) as u32;
+            for &(left, right) in &cols {
+                let n = (right - left) as u32 * tall;
+                let round = n / 2;
+                let mut px = [0u32; C];
+                for col in sums[left * C..right * C].chunks_exact(C) {
+                    for (p, &s) in px.iter_mut().zip(col) {
+                        *p += s;
+                    }
+                }
+                out.extend(px.iter().map(|&p| ((p + round) / n).min(255) as u8));
+            }
         }
-    }
+        out
+    };
+    let mut chunks = rows.chunks(per_band);
+    let first = chunks.next().unwrap_or_default();
+    let out = std::thread::scope(|scope| {
+        let rest: Vec<_> = chunks.map(|c| scope.spawn(move || band(c))).collect();
+        let mut out = band(first);
+        for r in rest {
+            out.extend(r.join().expect("a shrink band panicked"));
+        }
+        out
+    });
     Some(out)
 }
+
+/// Source images from this many bytes up (about 1 MP of RGB) are shrunk on two threads.
+const PARALLEL_FROM_BYTES: usize = 3 << 20;
 
 /// `image.thumbnail(edge, edge)`, fast for 8-bit grey, RGB and RGBA; anything else, and any
 /// enlargement, is left to `image`.

@@ -20,7 +20,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKeys, TokenMinter};
 use crate::capture::{Limits, Pipeline};
-use crate::media::MediaStore;
+use crate::media::ImageStore;
 use crate::metrics::Metrics;
 use crate::throttle::{self, Throttle};
 use crate::webhooks::{Dispatcher, Outbox, WebhookSettings};
@@ -39,7 +39,8 @@ pub struct AppInner {
     pub metrics: Arc<Metrics>,
     pub throttle: Throttle,
     pub store: Store,
-    pub media: MediaStore,
+    /// The images: `<data dir>/media` or an S3 bucket (`--media-url`).
+    pub media: Arc<dyn ImageStore>,
     pub pipeline: Pipeline,
     pub outbox: Arc<Outbox>,
     pub registry: Registry,
@@ -206,14 +207,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .context("opening the database")?;
     // Keys created with `capturelink api-key create`, besides those of the settings or key file.
     let api_keys = api_keys.with_store(store.clone());
-    let media = MediaStore::open(&settings.data_dir).context("opening the media dir")?;
-    // Files written before a crash whose rows never committed are not evidence of anything.
+    let media = crate::media::open(&settings).context("opening the image store")?;
+    // Images stored before a crash whose rows never committed are not evidence of anything.
     let known = store.capture_hashes().await?;
     let swept = media
         .sweep_orphans(&known)
-        .context("sweeping orphaned files")?;
+        .await
+        .with_context(|| format!("sweeping orphaned images in {}", media.describe()))?;
     if swept > 0 {
-        tracing::info!(files = swept, "removed files no capture names");
+        tracing::info!(files = swept, "removed images no capture names");
     }
     let webhook_secret = match &settings.webhook_secret {
         Some(s) => s.clone(),

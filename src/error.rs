@@ -99,24 +99,34 @@ impl ApiError {
     /// The database is busy (another writer holds the lock): try again shortly.
     pub fn unavailable(cause: impl std::fmt::Display) -> Self {
         tracing::warn!(error = %cause, "store unavailable");
-        let mut e = Self::new(
+        Self::retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "the service is busy; retry shortly",
-        );
-        e.retry_after = Some(1);
-        e
+            1,
+        )
     }
 
     /// The data dir's disk is full: the operator's problem, and the client's signal to retry later.
     pub fn insufficient_storage(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "data dir is full");
-        let mut e = Self::new(
+        Self::retry_later(
             StatusCode::INSUFFICIENT_STORAGE,
             "insufficient_storage",
             "the server has no room for the image; retry later",
-        );
-        e.retry_after = Some(30);
+            30,
+        )
+    }
+
+    /// A refusal with `Retry-After: seconds`.
+    fn retry_later(
+        status: StatusCode,
+        code: &'static str,
+        detail: &'static str,
+        seconds: u64,
+    ) -> Self {
+        let mut e = Self::new(status, code, detail);
+        e.retry_after = Some(seconds);
         e
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::kind_from_mime;
-use crate::media::MediaStore;
+use crate::media::ImageStore;
 use crate::store::{Store, StoreError, now_ms};
 
 /// How often the sweeper runs after the first sweep at start.
@@ -31,7 +31,7 @@ pub struct Swept {
 /// parameter so tests can run the sweep at a later date instead of waiting for one.
 pub async fn sweep(
     store: &Store,
-    media: &MediaStore,
+    media: &dyn ImageStore,
     days: u32,
     now: i64,
 ) -> Result<Swept, StoreError> {
@@ -66,14 +66,19 @@ pub async fn sweep(
 }
 
 /// Sweeps once now and then every [`SWEEP_EVERY`] until `shutdown`.
-pub async fn run(store: Store, media: MediaStore, days: u32, shutdown: CancellationToken) {
+pub async fn run(
+    store: Store,
+    media: std::sync::Arc<dyn ImageStore>,
+    days: u32,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
-                match sweep(&store, &media, days, now_ms()).await {
+                match sweep(&store, media.as_ref(), days, now_ms()).await {
                     Ok(s) if s.sessions > 0 => tracing::info!(
                         sessions = s.sessions,
                         contents = s.contents,

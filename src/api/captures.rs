@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, Role};
 use crate::capture::{CaptureError, identify, kind_from_mime};
 use crate::error::ApiError;
+use crate::media::{ImageBody, MediaError};
 use crate::session::RoomError;
 use crate::session::view::CaptureView;
 use crate::signaling::protocol::Event;
@@ -421,7 +422,7 @@ async fn store_upload(
         let bytes = image.clone();
         let sha256 = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)))
             .await
-            .map_err(std::io::Error::other)?;
+            .map_err(|e| MediaError::Io(std::io::Error::other(e)))?;
         state.media.put_original(sha256, kind.ext(), image).await
     };
     let (processed, original) = tokio::join!(
@@ -538,8 +539,8 @@ async fn store_upload(
 }
 
 /// A full disk is the operator's problem and the client's signal to retry later.
-fn storage_error(e: std::io::Error) -> ApiError {
-    if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull {
+fn storage_error(e: MediaError) -> ApiError {
+    if e.is_storage_full() {
         return ApiError::insufficient_storage(e);
     }
     ApiError::internal(e)
@@ -612,7 +613,7 @@ pub async fn get_capture(
 }
 
 async fn file_response(
-    path: std::path::PathBuf,
+    image: impl Future<Output = Result<ImageBody, MediaError>>,
     mime: &str,
     etag: &str,
     headers: &HeaderMap,
@@ -625,17 +626,15 @@ async fn file_response(
     let mut res = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let file = tokio::fs::File::open(&path).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ApiError::internal(format!("capture file missing: {}", path.display()))
-            } else {
-                ApiError::internal(e)
+        let image = image.await.map_err(|e| match e {
+            MediaError::Missing(what) => {
+                ApiError::internal(format!("capture file missing: {what}"))
             }
+            other => ApiError::internal(other),
         })?;
-        let len = file.metadata().await.map_err(ApiError::internal)?.len();
-        let mut res = Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
+        let mut res = Body::from_stream(image.stream).into_response();
         res.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(image.len));
         if let Ok(v) = HeaderValue::from_str(mime) {
             res.headers_mut().insert(header::CONTENT_TYPE, v);
         }
@@ -691,7 +690,7 @@ pub async fn get_capture_image(
     let row = capture_for(&state, &caller, &id).await?;
     let ext = kind_from_mime(&row.mime).map(|k| k.ext()).unwrap_or("bin");
     file_response(
-        state.media.original_path(&row.sha256, ext),
+        state.media.original(&row.sha256, ext),
         &row.mime,
         &row.sha256,
         &headers,
@@ -731,7 +730,7 @@ pub async fn get_capture_thumbnail(
 ) -> Result<Response, ApiError> {
     let row = capture_for(&state, &caller, &id).await?;
     file_response(
-        state.media.thumbnail_path(&row.sha256),
+        state.media.thumbnail(&row.sha256),
         "image/jpeg",
         &format!("t-{}", row.sha256),
         &headers,

@@ -2,8 +2,9 @@
 //! original images, for the claim file.
 //!
 //! The archive is written to a temporary file on the blocking pool (images are stored, not
-//! recompressed: JPEG and WebP do not shrink) and streamed from there; the file is unlinked as soon
-//! as it is open, so nothing is left behind.
+//! recompressed: JPEG and WebP do not shrink), each original read from the image store, and
+//! streamed from there; the file is unlinked as soon as it is open, so nothing is
+//! left behind.
 
 use std::io::Write;
 
@@ -61,7 +62,7 @@ pub async fn export_session(
     for (c, v) in captures.iter().zip(views) {
         let ext = kind_from_mime(&c.mime).map(|k| k.ext()).unwrap_or("bin");
         let name = format!("images/{}.{ext}", c.id);
-        files.push((name.clone(), state.media.original_path(&c.sha256, ext)));
+        files.push((name.clone(), c.sha256.clone(), ext));
         let mut entry = serde_json::to_value(&v).map_err(ApiError::internal)?;
         entry["file"] = serde_json::Value::String(name);
         manifest_captures.push(entry);
@@ -74,34 +75,47 @@ pub async fn export_session(
     }))
     .map_err(ApiError::internal)?;
 
+    // The archive is put together in a file that is unlinked at once; the originals are read from
+    // the image store one at a time and appended on the blocking pool.
     let tmp_dir = state.settings.data_dir.join("media").join("tmp");
-    let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-        let mut tmp = tempfile::tempfile_in(&tmp_dir)?;
-        {
-            let mut zip = zip::ZipWriter::new(&mut tmp);
-            let deflated =
-                SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let mut zip = blocking(move || {
+        std::fs::create_dir_all(&tmp_dir)?;
+        let mut zip = zip::ZipWriter::new(tempfile::tempfile_in(&tmp_dir)?);
+        let deflated =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        zip.start_file("manifest.json", deflated)
+            .map_err(std::io::Error::other)?;
+        zip.write_all(&manifest)?;
+        Ok(zip)
+    })
+    .await?;
+    for (name, sha, ext) in files {
+        let bytes = state
+            .media
+            .original(&sha, ext)
+            .await
+            .map_err(ApiError::internal)?
+            .into_bytes()
+            .await
+            .map_err(ApiError::internal)?;
+        zip = blocking(move || {
             let stored = SimpleFileOptions::default()
                 .compression_method(zip::CompressionMethod::Stored)
                 .large_file(true);
-            zip.start_file("manifest.json", deflated)
+            zip.start_file(name, stored)
                 .map_err(std::io::Error::other)?;
-            zip.write_all(&manifest)?;
-            for (name, path) in files {
-                zip.start_file(name, stored)
-                    .map_err(std::io::Error::other)?;
-                let mut src = std::fs::File::open(&path)?;
-                std::io::copy(&mut src, &mut zip)?;
-            }
-            zip.finish().map_err(std::io::Error::other)?;
-        }
+            zip.write_all(&bytes)?;
+            Ok(zip)
+        })
+        .await?;
+    }
+    let file = blocking(move || {
         use std::io::Seek;
+        let mut tmp = zip.finish().map_err(std::io::Error::other)?;
         tmp.seek(std::io::SeekFrom::Start(0))?;
         Ok(tmp)
     })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .await?;
 
     let len = file.metadata().map_err(ApiError::internal)?.len();
     let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
@@ -117,4 +131,14 @@ pub async fn export_session(
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(res)
+}
+
+/// Runs a step of writing the archive on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
 }

@@ -1,278 +1,130 @@
-//! The image files: originals exactly as received (evidence), named by their SHA-256, and their
-//! thumbnails, under `<data dir>/media`.
+//! The image store: where originals (exactly as received, the evidence) and their thumbnails are
+//! kept, both named by the original's SHA-256 and never rewritten.
 //!
-//! A file is written to `tmp/`, fsynced, renamed into place and its directory fsynced, so after a
-//! crash a file is either whole under its final name or absent. Files are written before the
-//! database row that names them; at start, files no row names (left by a crash between the two)
-//! are removed.
+//! Today one implementation: a directory under the data dir ([`MediaStore`]). An image is stored
+//! before the database row that names it commits, so an acknowledged capture has its bytes
+//! (written and synced). What a crash leaves between the two (images no row names) the orphan
+//! sweep at start removes.
+
+mod local;
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+
+pub use local::MediaStore;
 
 /// An original stored by an upload whose thumbnail is not written yet.
 #[derive(Debug)]
 pub struct StoredOriginal {
     pub sha256: String,
     ext: &'static str,
-    /// This upload created the file (it was not there already as another capture's).
+    /// This upload created the image (it was not there already as another capture's).
     wrote: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct MediaStore {
-    root: PathBuf,
+/// Why the image store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The local file system failed (a full disk among others).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The image a capture names is not there.
+    #[error("image missing: {0}")]
+    Missing(String),
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-impl MediaStore {
-    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
-        let root = data_dir.join("media");
-        for sub in ["originals", "thumbnails", "tmp"] {
-            std::fs::create_dir_all(root.join(sub))?;
-        }
-        Ok(Self { root })
+impl MediaError {
+    /// The local disk is full.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, MediaError::Io(e)
+            if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull)
     }
+}
 
-    /// The media dir of `data_dir`, without creating or touching anything (for the operator's
-    /// commands, which read or lay out files beside a running service).
-    pub fn at(data_dir: &Path) -> Self {
+/// An image read for a GET: its length and its bytes as they arrive.
+pub struct ImageBody {
+    pub len: u64,
+    pub stream: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
+impl ImageBody {
+    fn new(
+        len: u64,
+        stream: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    ) -> Self {
         Self {
-            root: data_dir.join("media"),
+            len,
+            stream: stream.boxed(),
         }
     }
 
-    /// `originals/ab/abcdef….jpg`: a two-hex-digit fan-out keeps directories small.
-    pub fn original_path(&self, sha256_hex: &str, ext: &str) -> PathBuf {
-        let fan = sha256_hex.get(..2).unwrap_or("00");
-        self.root
-            .join("originals")
-            .join(fan)
-            .join(format!("{sha256_hex}.{ext}"))
-    }
-
-    pub fn thumbnail_path(&self, sha256_hex: &str) -> PathBuf {
-        let fan = sha256_hex.get(..2).unwrap_or("00");
-        self.root
-            .join("thumbnails")
-            .join(fan)
-            .join(format!("{sha256_hex}.jpg"))
-    }
-
-    /// Writes `bytes` durably under `dest` (blocking; run it on the blocking pool). True when
-    /// this call wrote the file, false when it was there already.
-    fn put(&self, dest: &Path, bytes: &[u8]) -> std::io::Result<bool> {
-        if let Ok(meta) = std::fs::metadata(dest)
-            && meta.len() == bytes.len() as u64
-        {
-            // Content-named: the same name holds the same bytes already.
-            return Ok(false);
+    /// All of it in memory (an image is at most `--max-upload-bytes`).
+    pub async fn into_bytes(mut self) -> std::io::Result<Bytes> {
+        let mut buf = bytes::BytesMut::with_capacity(usize::try_from(self.len).unwrap_or(0));
+        while let Some(chunk) = self.stream.next().await {
+            buf.extend_from_slice(&chunk?);
         }
-        let dir = dest.parent().unwrap_or(&self.root);
-        std::fs::create_dir_all(dir)?;
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}.part", uuid::Uuid::now_v7().simple()));
-        let outcome = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dest)?;
-            sync_dir(dir)
-        })();
-        if outcome.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        outcome.map(|()| true)
+        Ok(buf.freeze())
     }
+}
 
-    /// Stores an original and its thumbnail; returns once both are on disk. When the thumbnail
-    /// cannot be written (a full disk, say), the original this call wrote is removed again: a
-    /// refused upload leaves no file behind.
-    pub async fn put_capture(
+/// What the service does with images: an upload stores its original (while the image is decoded)
+/// and then its thumbnail, or discards what it wrote when it is refused; the GET endpoints and the
+/// export read them; retention removes them; the start-up sweep removes what no capture names.
+#[async_trait::async_trait]
+pub trait ImageStore: Send + Sync + 'static {
+    /// Where the images are, for the logs.
+    fn describe(&self) -> String;
+
+    /// Stores an upload's original, durably, before its thumbnail exists. The result says
+    /// whether this call created it (it may be there already as another capture's).
+    async fn put_original(
         &self,
         sha256_hex: String,
         ext: &'static str,
-        original: bytes::Bytes,
-        thumbnail: Vec<u8>,
-    ) -> std::io::Result<()> {
-        let stored = self.put_original(sha256_hex, ext, original).await?;
-        self.put_thumbnail(&stored, thumbnail).await
-    }
+        original: Bytes,
+    ) -> Result<StoredOriginal, MediaError>;
 
-    /// Stores an upload's original, before its thumbnail exists (so the write can run while the
-    /// image is decoded). Follow with [`Self::put_thumbnail`], or [`Self::discard`] if the upload
-    /// is refused after all.
-    pub async fn put_original(
-        &self,
-        sha256_hex: String,
-        ext: &'static str,
-        original: bytes::Bytes,
-    ) -> std::io::Result<StoredOriginal> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let wrote = this.put(&this.original_path(&sha256_hex, ext), &original)?;
-            Ok(StoredOriginal {
-                sha256: sha256_hex,
-                ext,
-                wrote,
-            })
-        })
-        .await
-        .map_err(std::io::Error::other)?
-    }
-
-    /// Stores the thumbnail of an original from [`Self::put_original`]. When it cannot be written,
-    /// the original is discarded too.
-    pub async fn put_thumbnail(
+    /// Stores the thumbnail of an original from [`ImageStore::put_original`]; when it cannot be
+    /// stored, the original is discarded too.
+    async fn put_thumbnail(
         &self,
         stored: &StoredOriginal,
         thumbnail: Vec<u8>,
-    ) -> std::io::Result<()> {
-        let this = self.clone();
-        let path = self.thumbnail_path(&stored.sha256);
-        let written = tokio::task::spawn_blocking(move || this.put(&path, &thumbnail))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
-        if let Err(e) = written {
-            self.discard(stored).await;
-            return Err(e);
-        }
-        Ok(())
-    }
+    ) -> Result<(), MediaError>;
 
-    /// Removes an original that [`Self::put_original`] wrote for an upload that was then refused
-    /// (one that was there before, another capture's, stays).
-    pub async fn discard(&self, stored: &StoredOriginal) {
-        if stored.wrote {
-            let _ = tokio::fs::remove_file(self.original_path(&stored.sha256, stored.ext)).await;
-        }
-    }
+    /// Removes an original that [`ImageStore::put_original`] created for an upload that was then
+    /// refused (one that was there before stays).
+    async fn discard(&self, stored: &StoredOriginal);
 
-    /// Removes the files of a capture that was not recorded (the database refused the row).
-    /// Only call it for content no other capture uses.
-    pub async fn remove_capture(&self, sha256_hex: &str, ext: &str) {
-        let _ = tokio::fs::remove_file(self.original_path(sha256_hex, ext)).await;
-        let _ = tokio::fs::remove_file(self.thumbnail_path(sha256_hex)).await;
-    }
+    /// Removes an original and its thumbnail; only for content no capture names any more.
+    async fn remove_capture(&self, sha256_hex: &str, ext: &str);
 
-    /// Deletes leftovers of interrupted writes and files whose hash no capture row names.
-    /// Returns how many files it removed.
-    pub fn sweep_orphans(&self, known: &HashSet<String>) -> std::io::Result<usize> {
-        let mut removed = 0;
-        for entry in std::fs::read_dir(self.root.join("tmp"))? {
-            std::fs::remove_file(entry?.path())?;
-            removed += 1;
-        }
-        for kind in ["originals", "thumbnails"] {
-            for fan in std::fs::read_dir(self.root.join(kind))? {
-                let fan = fan?.path();
-                if !fan.is_dir() {
-                    continue;
-                }
-                for file in std::fs::read_dir(&fan)? {
-                    let path = file?.path();
-                    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-                    if !known.contains(stem) {
-                        std::fs::remove_file(&path)?;
-                        removed += 1;
-                    }
-                }
-            }
-        }
-        Ok(removed)
-    }
+    async fn original(&self, sha256_hex: &str, ext: &str) -> Result<ImageBody, MediaError>;
+
+    async fn thumbnail(&self, sha256_hex: &str) -> Result<ImageBody, MediaError>;
+
+    /// Removes images whose hash no capture names (and leftovers of interrupted writes); returns
+    /// how many it removed.
+    async fn sweep_orphans(&self, known: &HashSet<String>) -> Result<usize, MediaError>;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The image store of the settings: `<data dir>/media`.
+pub fn open(settings: &crate::config::Settings) -> anyhow::Result<Arc<dyn ImageStore>> {
+    Ok(Arc::new(MediaStore::open(&settings.data_dir)?))
+}
 
-    #[tokio::test]
-    async fn files_are_content_named_and_orphans_swept() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = MediaStore::open(dir.path()).unwrap();
-        let sha = "ab".repeat(32);
-        m.put_capture(
-            sha.clone(),
-            "jpg",
-            bytes::Bytes::from_static(b"orig"),
-            b"thumb".to_vec(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            std::fs::read(m.original_path(&sha, "jpg")).unwrap(),
-            b"orig"
-        );
-        assert_eq!(std::fs::read(m.thumbnail_path(&sha)).unwrap(), b"thumb");
-        let other = "cd".repeat(32);
-        m.put_capture(
-            other.clone(),
-            "png",
-            bytes::Bytes::from_static(b"x"),
-            b"y".to_vec(),
-        )
-        .await
-        .unwrap();
-        std::fs::write(m.root.join("tmp").join("left.part"), b"half").unwrap();
+/// `originals/ab/abcdef….jpg`: a two-hex-digit fan-out keeps directories (and listings) small.
+fn original_name(sha256_hex: &str, ext: &str) -> String {
+    let fan = sha256_hex.get(..2).unwrap_or("00");
+    format!("originals/{fan}/{sha256_hex}.{ext}")
+}
 
-        let known: HashSet<String> = [sha.clone()].into();
-        assert_eq!(m.sweep_orphans(&known).unwrap(), 3);
-        assert!(m.original_path(&sha, "jpg").exists());
-        assert!(!m.original_path(&other, "png").exists());
-        assert!(!m.thumbnail_path(&other).exists());
-    }
-
-    #[tokio::test]
-    async fn a_thumbnail_that_cannot_be_written_takes_its_original_with_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = MediaStore::open(dir.path()).unwrap();
-        let sha = "ef".repeat(32);
-        // A file where the thumbnail's fan-out directory should be: the thumbnail write fails
-        // after the original was written (as on a disk that fills up between the two).
-        std::fs::write(m.root.join("thumbnails").join("ef"), b"in the way").unwrap();
-        let err = m
-            .put_capture(
-                sha.clone(),
-                "jpg",
-                bytes::Bytes::from_static(b"orig"),
-                b"thumb".to_vec(),
-            )
-            .await;
-        assert!(err.is_err());
-        assert!(!m.original_path(&sha, "jpg").exists(), "original removed");
-        assert_eq!(std::fs::read_dir(m.root.join("tmp")).unwrap().count(), 0);
-
-        // An original that was there before (another capture's) stays.
-        std::fs::remove_file(m.root.join("thumbnails").join("ef")).unwrap();
-        m.put_capture(
-            sha.clone(),
-            "jpg",
-            bytes::Bytes::from_static(b"orig"),
-            b"t".to_vec(),
-        )
-        .await
-        .unwrap();
-        std::fs::remove_dir_all(m.root.join("thumbnails").join("ef")).unwrap();
-        std::fs::write(m.root.join("thumbnails").join("ef"), b"in the way").unwrap();
-        let again = m
-            .put_capture(
-                sha.clone(),
-                "jpg",
-                bytes::Bytes::from_static(b"orig"),
-                b"t".to_vec(),
-            )
-            .await;
-        assert!(again.is_err());
-        assert!(
-            m.original_path(&sha, "jpg").exists(),
-            "a shared original is kept"
-        );
-    }
+fn thumbnail_name(sha256_hex: &str) -> String {
+    let fan = sha256_hex.get(..2).unwrap_or("00");
+    format!("thumbnails/{fan}/{sha256_hex}.jpg")
 }

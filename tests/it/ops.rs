@@ -376,7 +376,7 @@ async fn retention_purges_an_old_closed_sessions_images_and_events() {
             .unwrap();
         assert_eq!(res.status(), 200);
     }
-    let media = srv.state().media.clone();
+    let media = capturelink::media::MediaStore::at(&srv.data_dir);
     let only_old_sha = sha_hex(&only_old);
     let shared_sha = sha_hex(&shared);
     assert!(media.original_path(&only_old_sha, "jpg").exists());

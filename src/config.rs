@@ -94,6 +94,30 @@ pub struct BackupArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub dir: DataDirArg,
+    #[command(flatten)]
+    pub media: MediaUrlArg,
+}
+
+/// The service's `--media-url`, for the commands that copy images: they work on the media dir only.
+#[derive(Debug, Clone, Args)]
+pub struct MediaUrlArg {
+    /// The service's image store; backup and restore refuse an S3 one (`s3://…`).
+    #[arg(long, env = "CAPTURELINK_MEDIA_URL")]
+    pub media_url: Option<String>,
+}
+
+impl MediaUrlArg {
+    /// Refuses an S3 image store: its images are not in the data dir.
+    pub fn require_local(&self, command: &str) -> Result<(), String> {
+        match &self.media_url {
+            Some(url) => Err(format!(
+                "`capturelink {command}` works with a local image store only, and the images are \
+                 in S3 here (--media-url {url}); protect them with the bucket's own versioning \
+                 and replication instead"
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -105,6 +129,8 @@ pub struct RestoreArgs {
     /// Restore into a data dir that is not empty, replacing its database and images.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub media: MediaUrlArg,
 }
 
 impl Cli {
@@ -278,6 +304,28 @@ pub struct Settings {
     #[arg(long, env = "CAPTURELINK_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
 
+    /// Where the images go: `s3://bucket[/prefix]` for S3-compatible object storage (with the
+    /// `--s3-*` settings). Default: the `media` directory of the data dir.
+    #[arg(long, env = "CAPTURELINK_MEDIA_URL")]
+    pub media_url: Option<String>,
+
+    /// The S3 API's endpoint, for a store other than AWS (`http://127.0.0.1:9000` for a local
+    /// MinIO; plain http is allowed). Default: AWS's endpoint for `--s3-region`.
+    #[arg(long, env = "CAPTURELINK_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// The bucket's region.
+    #[arg(long, env = "CAPTURELINK_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// Access key id for the S3 API (default: `AWS_ACCESS_KEY_ID`).
+    #[arg(long, env = "CAPTURELINK_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+
+    /// Secret access key for the S3 API (default: `AWS_SECRET_ACCESS_KEY`).
+    #[arg(long, env = "CAPTURELINK_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+
     /// Log format.
     #[arg(long, env = "CAPTURELINK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -392,6 +440,23 @@ impl Settings {
         if self.tls_self_signed && self.tls_cert.is_some() {
             return Err("--tls-self-signed and --tls-cert exclude each other".into());
         }
+        match &self.media_url {
+            Some(url) => {
+                crate::media::S3Location::parse(url)?;
+            }
+            None if self.s3_endpoint.is_some()
+                || self.s3_access_key_id.is_some()
+                || self.s3_secret_access_key.is_some() =>
+            {
+                return Err("the --s3-* settings need --media-url s3://bucket".into());
+            }
+            None => {}
+        }
+        if let Some(e) = &self.s3_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(format!("--s3-endpoint must be an http(s) URL, got {e}"));
+        }
         if self.header_timeout_s == 0 || self.body_timeout_s == 0 {
             return Err("--header-timeout-s and --body-timeout-s must be positive".into());
         }
@@ -469,6 +534,22 @@ mod tests {
         assert!(s.validate().is_err());
         s.retention_days = Some(30);
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn the_media_url_is_checked() {
+        let mut s = Settings::with_data_dir("/tmp/x");
+        assert_eq!(s.media_url, None);
+        assert_eq!(s.s3_region, "us-east-1");
+        s.s3_endpoint = Some("http://127.0.0.1:9000".into());
+        assert!(s.validate().is_err(), "an endpoint without a media url");
+        s.media_url = Some("s3://claims/images".into());
+        s.validate().unwrap();
+        s.media_url = Some("file:///srv/images".into());
+        assert!(s.validate().is_err());
+        s.media_url = Some("s3://claims".into());
+        s.s3_endpoint = Some("127.0.0.1:9000".into());
+        assert!(s.validate().is_err());
     }
 
     #[test]

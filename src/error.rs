@@ -107,6 +107,17 @@ impl ApiError {
         )
     }
 
+    /// The object store holding the images cannot be reached: nothing was stored, try again.
+    pub fn image_store_unavailable(cause: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "image store unavailable");
+        Self::retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the image store cannot be reached; nothing was stored, retry shortly",
+            5,
+        )
+    }
+
     /// The data dir's disk is full: the operator's problem, and the client's signal to retry later.
     pub fn insufficient_storage(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "data dir is full");

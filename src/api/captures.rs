@@ -246,7 +246,7 @@ true`); other bytes under the same key get 409.",
         (status = 415, description = "`unsupported_media_type`, `media_type_mismatch` (the bytes are not what the part declares)"),
         (status = 422, description = "`missing_image`, `missing_meta`, `invalid_meta`, `invalid_area`, `invalid_angle`, \
 `invalid_source`, `invalid_slot`, `image_too_large` (too many pixels), `corrupt_image`, `decode_failed`"),
-        (status = 503, description = "`unavailable`: the database is locked by another process past `--db-busy-timeout-ms`; nothing was stored, retry (`Retry-After`)"),
+        (status = 503, description = "`unavailable`: the database is locked by another process past `--db-busy-timeout-ms`, or the S3 image store cannot be reached; nothing was stored, retry (`Retry-After`)"),
         (status = 507, description = "`insufficient_storage`: the server's disk is full; nothing was stored, retry later (`Retry-After`)"),
     ),
     security(("api_key" = []), ("join_token" = [])),
@@ -538,10 +538,14 @@ async fn store_upload(
     }
 }
 
-/// A full disk is the operator's problem and the client's signal to retry later.
+/// A full disk is the operator's problem and the client's signal to retry later; so is an object
+/// store that cannot be reached.
 fn storage_error(e: MediaError) -> ApiError {
     if e.is_storage_full() {
         return ApiError::insufficient_storage(e);
+    }
+    if let MediaError::Unavailable(_) = e {
+        return ApiError::image_store_unavailable(e);
     }
     ApiError::internal(e)
 }
@@ -630,6 +634,7 @@ async fn file_response(
             MediaError::Missing(what) => {
                 ApiError::internal(format!("capture file missing: {what}"))
             }
+            MediaError::Unavailable(_) => ApiError::image_store_unavailable(e),
             other => ApiError::internal(other),
         })?;
         let mut res = Body::from_stream(image.stream).into_response();

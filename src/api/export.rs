@@ -2,8 +2,8 @@
 //! original images, for the claim file.
 //!
 //! The archive is written to a temporary file on the blocking pool (images are stored, not
-//! recompressed: JPEG and WebP do not shrink), each original read from the image store, and
-//! streamed from there; the file is unlinked as soon as it is open, so nothing is
+//! recompressed: JPEG and WebP do not shrink), each original read from the image store (the media
+//! dir or S3), and streamed from there; the file is unlinked as soon as it is open, so nothing is
 //! left behind.
 
 use std::io::Write;

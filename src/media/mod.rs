@@ -1,12 +1,14 @@
 //! The image store: where originals (exactly as received, the evidence) and their thumbnails are
 //! kept, both named by the original's SHA-256 and never rewritten.
 //!
-//! Today one implementation: a directory under the data dir ([`MediaStore`]). An image is stored
-//! before the database row that names it commits, so an acknowledged capture has its bytes
-//! (written and synced). What a crash leaves between the two (images no row names) the orphan
-//! sweep at start removes.
+//! Two implementations, chosen by `--media-url`: a directory under the data dir ([`MediaStore`],
+//! the default) and an S3-compatible bucket ([`S3Store`]). Either way an image is stored before the
+//! database row that names it commits, so an acknowledged capture has its bytes: on disk, written
+//! and synced; in S3, its PUT acknowledged. What a crash leaves between the two (images no row
+//! names) the orphan sweep at start removes.
 
 mod local;
+mod s3;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 pub use local::MediaStore;
+pub use s3::{S3Location, S3Store};
 
 /// An original stored by an upload whose thumbnail is not written yet.
 #[derive(Debug)]
@@ -32,9 +35,15 @@ pub enum MediaError {
     /// The local file system failed (a full disk among others).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The object store did not answer in time or answered with a server error, after retries.
+    #[error("the object store is unavailable: {0}")]
+    Unavailable(String),
     /// The image a capture names is not there.
     #[error("image missing: {0}")]
     Missing(String),
+    /// Any other refusal of the object store (credentials, permissions, the bucket).
+    #[error("the object store refused: {0}")]
+    Refused(String),
 }
 
 impl MediaError {
@@ -113,9 +122,15 @@ pub trait ImageStore: Send + Sync + 'static {
     async fn sweep_orphans(&self, known: &HashSet<String>) -> Result<usize, MediaError>;
 }
 
-/// The image store of the settings: `<data dir>/media`.
+/// The image store the settings choose: S3 with `--media-url s3://…`, else `<data dir>/media`.
 pub fn open(settings: &crate::config::Settings) -> anyhow::Result<Arc<dyn ImageStore>> {
-    Ok(Arc::new(MediaStore::open(&settings.data_dir)?))
+    match &settings.media_url {
+        Some(url) => {
+            let location = S3Location::from_settings(url, settings).map_err(anyhow::Error::msg)?;
+            Ok(Arc::new(S3Store::connect(&location)?))
+        }
+        None => Ok(Arc::new(MediaStore::open(&settings.data_dir)?)),
+    }
 }
 
 /// `originals/ab/abcdef….jpg`: a two-hex-digit fan-out keeps directories (and listings) small.

@@ -18,6 +18,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(settings) => serve(settings).await,
         Command::ApiKey(c) => api_keys::run(c).await,
         Command::Backup(a) => {
+            a.media
+                .require_local("backup")
+                .map_err(anyhow::Error::msg)?;
             let s = backup::backup(&a.dir.data_dir, &a.file).await?;
             eprintln!(
                 "backup written to {}: {} sessions, {} captures, {} files ({} bytes)",
@@ -36,6 +39,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Restore(a) => {
+            a.media
+                .require_local("restore")
+                .map_err(anyhow::Error::msg)?;
             let s = restore::restore(&a.file, &a.dir.data_dir, a.force).await?;
             eprintln!(
                 "restored into {}: {} sessions, {} captures, {} files; start it with \

@@ -10,6 +10,7 @@ mod faults;
 mod health;
 mod lifecycle;
 mod limits;
+mod media_s3;
 mod openapi;
 mod ops;
 mod pages;

@@ -553,6 +553,27 @@ mod tests {
     }
 
     #[test]
+    fn backup_and_restore_refuse_an_s3_image_store() {
+        let c = Cli::try_parse_from(["capturelink", "backup", "b.zip", "--media-url", "s3://m"])
+            .unwrap();
+        let Command::Backup(a) = c.into_command() else {
+            panic!("backup")
+        };
+        let err = a.media.require_local("backup").unwrap_err();
+        assert!(
+            err.contains("s3://m") && err.contains("versioning"),
+            "{err}"
+        );
+        let c = Cli::try_parse_from(["capturelink", "restore", "b.zip"]).unwrap();
+        let Command::Restore(a) = c.into_command() else {
+            panic!("restore")
+        };
+        if std::env::var_os("CAPTURELINK_MEDIA_URL").is_none() {
+            a.media.require_local("restore").unwrap();
+        }
+    }
+
+    #[test]
     fn turn_without_secret_is_refused() {
         let mut s = Settings::with_data_dir("/tmp/x");
         s.turn_urls = vec!["turn:example.org:3478".into()];

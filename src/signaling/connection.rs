@@ -29,22 +29,28 @@ const MAX_VIOLATIONS_PER_MINUTE: u32 = 30;
 /// How long a close frame may take to go out before the socket is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-pub async fn run(
+/// Not an `async fn`: the socket is split here, before the connection's future exists. An async
+/// fn keeps its arguments in its future for as long as the future lives, and the unsplit socket
+/// alone is a few hundred bytes of every idle connection's task.
+pub fn run(
     socket: WebSocket,
     state: AppState,
     session_id: String,
     role: Role,
     last_seq: Option<i64>,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let conn_id = state.next_conn_id();
     let span = tracing::info_span!("ws", session = %session_id, role = %role, conn = conn_id);
-    serve(socket, state, session_id, role, last_seq, conn_id)
-        .instrument(span)
-        .await;
+    let (sink, stream) = socket.split();
+    serve(sink, stream, state, session_id, role, last_seq, conn_id).instrument(span)
 }
 
+/// A connection's task, which lives as long as the connection. Its future is as large as the
+/// largest state it can be in, so what is large and brief (the join, each message's handling,
+/// the leave) is boxed: it then costs its size only while it runs, not for the connection's life.
 async fn serve(
-    socket: WebSocket,
+    mut sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
     state: AppState,
     session_id: String,
     role: Role,
@@ -54,60 +60,18 @@ async fn serve(
     let (tx, rx) = mpsc::channel(state.settings.ws_queue);
     let (close_tx, close_rx) = watch::channel(None);
     let handle = ConnHandle::new(conn_id, tx, Arc::new(close_tx));
-    let (sink, stream) = socket.split();
 
-    let (room, joined) = match state
-        .registry
-        .join(&session_id, role, handle.clone(), last_seq)
-        .await
-    {
-        Ok(j) => j,
-        Err(e) => {
-            let spec = match e {
-                RoomError::Ended(SessionStatus::Expired) => CloseSpec {
-                    code: close_code::EXPIRED,
-                    reason: "session expired",
-                },
-                RoomError::Ended(_) => CloseSpec {
-                    code: close_code::SESSION_CLOSED,
-                    reason: "session closed",
-                },
-                RoomError::NotFound => CloseSpec {
-                    code: close_code::AUTH,
-                    reason: "unknown session",
-                },
-                other => {
-                    tracing::error!(error = %other, "join failed");
-                    CloseSpec {
-                        code: close_code::INTERNAL,
-                        reason: "internal error",
-                    }
-                }
-            };
-            let mut sink = sink;
-            state.metrics.ws_closed(spec.code);
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
-            return;
-        }
-    };
-    tracing::info!(
-        resumed = joined.resumed,
-        last_seq = joined.last_seq,
-        replayed = joined.replay.len(),
-        "joined"
-    );
+    let (room, initial) =
+        match Box::pin(join(&state, &session_id, role, handle.clone(), last_seq)).await {
+            Ok(j) => j,
+            Err(spec) => {
+                state.metrics.ws_closed(spec.code);
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
+                return;
+            }
+        };
 
     let _connected = state.metrics.connection_opened(role);
-    if joined.resumed {
-        state.metrics.resumes.inc();
-        state
-            .metrics
-            .replayed_events
-            .inc_by(joined.replay.len() as u64);
-    }
-    let mut initial = Vec::with_capacity(joined.replay.len() + 1);
-    initial.push(welcome(&state, role, &joined, room.presence()));
-    initial.extend(joined.replay);
     let heartbeat = state.settings.heartbeat();
     let writer = tokio::spawn(
         write_loop(
@@ -135,7 +99,7 @@ async fn serve(
     };
     let left = reader.read_loop(stream, close_rx, heartbeat).await;
     if let Some(reason) = left {
-        state.registry.leave(&room, role, conn_id, reason).await;
+        Box::pin(state.registry.leave(&room, role, conn_id, reason)).await;
         tracing::info!(reason = ?reason, "left");
     }
     // On shutdown (None) the writer may not have seen the cancellation yet: ask for 1001 here
@@ -151,6 +115,65 @@ async fn serve(
         },
     });
     let _ = writer.await;
+}
+
+/// Joins the session's room as `role`: the room and the connection's first frames (the welcome,
+/// then the missed events), or the close to send when it may not join. What the join read (the
+/// session, checklist and captures for the welcome) is dropped here, not kept by the connection.
+async fn join(
+    state: &AppState,
+    session_id: &str,
+    role: Role,
+    handle: ConnHandle,
+    last_seq: Option<i64>,
+) -> Result<(Arc<Room>, Vec<String>), CloseSpec> {
+    let (room, joined) = match state
+        .registry
+        .join(session_id, role, handle, last_seq)
+        .await
+    {
+        Ok(j) => j,
+        Err(e) => {
+            return Err(match e {
+                RoomError::Ended(SessionStatus::Expired) => CloseSpec {
+                    code: close_code::EXPIRED,
+                    reason: "session expired",
+                },
+                RoomError::Ended(_) => CloseSpec {
+                    code: close_code::SESSION_CLOSED,
+                    reason: "session closed",
+                },
+                RoomError::NotFound => CloseSpec {
+                    code: close_code::AUTH,
+                    reason: "unknown session",
+                },
+                other => {
+                    tracing::error!(error = %other, "join failed");
+                    CloseSpec {
+                        code: close_code::INTERNAL,
+                        reason: "internal error",
+                    }
+                }
+            });
+        }
+    };
+    tracing::info!(
+        resumed = joined.resumed,
+        last_seq = joined.last_seq,
+        replayed = joined.replay.len(),
+        "joined"
+    );
+    if joined.resumed {
+        state.metrics.resumes.inc();
+        state
+            .metrics
+            .replayed_events
+            .inc_by(joined.replay.len() as u64);
+    }
+    let mut initial = Vec::with_capacity(joined.replay.len() + 1);
+    initial.push(welcome(state, role, &joined, room.presence()));
+    initial.extend(joined.replay);
+    Ok((room, initial))
 }
 
 /// The first message of every connection: who and where the client is, and the full state.
@@ -253,7 +276,8 @@ impl Reader<'_> {
                     deadline = Instant::now() + heartbeat * 2;
                     match msg {
                         Message::Text(text) => {
-                            if let Some(spec) = self.on_text(text.as_str()).await {
+                            // Boxed: see `serve`.
+                            if let Some(spec) = Box::pin(self.on_text(text.as_str())).await {
                                 self.handle.close(spec);
                                 return Some(LeaveReason::Closed);
                             }

@@ -11,6 +11,7 @@ use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 
 use crate::app::AppState;
 use crate::auth::{Role, hash_token, url_query_value};
@@ -64,11 +65,11 @@ pub async fn ws_handler(
             limits(ws.protocols([SUBPROTOCOL]))
                 .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
                 .on_upgrade(move |socket| {
-                    tracker.track_future(async move {
-                        // The address's slot is held for as long as the connection lives.
-                        let _slot = slot;
-                        connection::run(socket, state, session_id, role, last_seq).await
-                    })
+                    // The address's slot is held for as long as the connection lives. (Not an
+                    // async block: that would hold the connection's future twice, as what it
+                    // captured and as what it awaits.)
+                    let conn = connection::run(socket, state, session_id, role, last_seq);
+                    tracker.track_future(conn.map(move |()| drop(slot)))
                 })
         }
         Err(e) => {

@@ -16,6 +16,7 @@ pub mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
@@ -71,8 +72,9 @@ pub struct Store {
     write: SqlitePool,
     read: SqlitePool,
     appender: Appender,
-    /// For the readiness probe's own short-lived connection.
-    probe_opts: SqliteConnectOptions,
+    /// For the readiness probe's own short-lived connection. Behind an Arc: the options are a few
+    /// hundred bytes and a map, and every live room holds a clone of the store.
+    probe_opts: Arc<SqliteConnectOptions>,
 }
 
 pub const DB_FILE: &str = "capturelink.db";
@@ -115,7 +117,7 @@ impl Store {
             write,
             read,
             appender,
-            probe_opts: opts.busy_timeout(Duration::from_millis(500)),
+            probe_opts: Arc::new(opts.busy_timeout(Duration::from_millis(500))),
         })
     }
 

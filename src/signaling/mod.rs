@@ -21,7 +21,12 @@ use crate::store::{SessionStatus, now_ms};
 pub const SUBPROTOCOL: &str = "capturelink.v1";
 
 /// WebSocket buffer sizes: small, so an idle connection costs a few KiB (defaults are ~130 KiB).
-const READ_BUFFER: usize = 8 * 1024;
+/// The read buffer is allocated and zero-filled at the first read, so it is resident in every
+/// connection, idle or not: 2 KiB holds a signaling message whole (an ICE candidate, a guide box;
+/// an SDP takes a few reads). Larger frames still arrive whole, up to the 64 KiB limit: the buffer
+/// grows to the frame's length once its header is read.
+const READ_BUFFER: usize = 2 * 1024;
+/// Not an allocation: how much tungstenite gathers before it writes to the socket.
 const WRITE_BUFFER: usize = 8 * 1024;
 /// Frames waiting in the socket's own write buffer at the most (one largest message and change).
 const MAX_WRITE_BUFFER: usize = protocol::MAX_MESSAGE_BYTES + 16 * 1024;

@@ -26,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 /// The same limits as src/signaling/mod.rs and src/signaling/protocol.rs.
-const READ_BUFFER: usize = 8 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
 const WRITE_BUFFER: usize = 8 * 1024;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const MAX_WRITE_BUFFER: usize = MAX_MESSAGE_BYTES + 16 * 1024;

@@ -14,13 +14,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
-use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, mpsc};
 
 use crate::auth::Role;
 use crate::signaling::protocol::{self, ClientMsg, Event, LeaveReason, ProtocolError};
 use crate::store::events::{Chain, SeqMark};
 use crate::store::{EventRow, SessionRow, SessionStatus, SlotRow, Store, StoreError, now_ms};
 
+use super::CloseSignal;
 use super::view::{Presence, rfc3339};
 use crate::webhooks::{EventType, Outbox};
 
@@ -51,15 +52,11 @@ pub struct CloseSpec {
 pub struct ConnHandle {
     pub id: u64,
     tx: mpsc::Sender<String>,
-    close: Arc<watch::Sender<Option<CloseSpec>>>,
+    close: Arc<CloseSignal>,
 }
 
 impl ConnHandle {
-    pub fn new(
-        id: u64,
-        tx: mpsc::Sender<String>,
-        close: Arc<watch::Sender<Option<CloseSpec>>>,
-    ) -> Self {
+    pub fn new(id: u64, tx: mpsc::Sender<String>, close: Arc<CloseSignal>) -> Self {
         Self { id, tx, close }
     }
 
@@ -81,14 +78,7 @@ impl ConnHandle {
 
     /// Asks the connection to close; the first request wins.
     pub fn close(&self, spec: CloseSpec) {
-        self.close.send_if_modified(|c| {
-            if c.is_none() {
-                *c = Some(spec);
-                true
-            } else {
-                false
-            }
-        });
+        self.close.request(spec);
     }
 }
 

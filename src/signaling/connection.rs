@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -17,7 +17,7 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::metrics::Metrics;
 use crate::session::view::{Presence, SessionView};
-use crate::session::{CloseSpec, ConnHandle, Joined, Room, RoomError, Routed, close_code};
+use crate::session::{CloseSignal, CloseSpec, ConnHandle, Joined, Room, RoomError, Routed, close_code};
 use crate::store::{SessionStatus, now_ms};
 
 use super::protocol::{self, ClientMsg, LeaveReason, ProtocolError};
@@ -58,8 +58,8 @@ async fn serve(
     conn_id: u64,
 ) {
     let (tx, rx) = mpsc::channel(state.settings.ws_queue);
-    let (close_tx, close_rx) = watch::channel(None);
-    let handle = ConnHandle::new(conn_id, tx, Arc::new(close_tx));
+    let close = Arc::new(CloseSignal::default());
+    let handle = ConnHandle::new(conn_id, tx, close.clone());
 
     let (room, initial) =
         match Box::pin(join(&state, &session_id, role, handle.clone(), last_seq)).await {
@@ -77,7 +77,7 @@ async fn serve(
         write_loop(
             sink,
             rx,
-            close_rx.clone(),
+            close.clone(),
             initial,
             heartbeat,
             state.shutdown.clone(),
@@ -97,7 +97,7 @@ async fn serve(
         window_start: Instant::now(),
         in_flight: Arc::new(Semaphore::new(in_flight_window(state.settings.ws_queue))),
     };
-    let left = reader.read_loop(stream, close_rx, heartbeat).await;
+    let left = reader.read_loop(stream, &close, heartbeat).await;
     if let Some(reason) = left {
         Box::pin(state.registry.leave(&room, role, conn_id, reason)).await;
         tracing::info!(reason = ?reason, "left");
@@ -244,15 +244,14 @@ impl Reader<'_> {
     async fn read_loop(
         &mut self,
         mut stream: SplitStream<WebSocket>,
-        mut close_rx: watch::Receiver<Option<CloseSpec>>,
+        close: &CloseSignal,
         heartbeat: Duration,
     ) -> Option<LeaveReason> {
         let mut deadline = Instant::now() + heartbeat * 2;
         loop {
             tokio::select! {
                 biased;
-                _ = close_rx.changed() => {
-                    let spec = *close_rx.borrow();
+                spec = close.requested() => {
                     tracing::debug!(?spec, "closing");
                     return Some(LeaveReason::Closed);
                 }
@@ -448,7 +447,7 @@ pub(super) fn is_too_big(e: axum::Error) -> bool {
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<String>,
-    mut close_rx: watch::Receiver<Option<CloseSpec>>,
+    close: Arc<CloseSignal>,
     initial: Vec<String>,
     heartbeat: Duration,
     shutdown: CancellationToken,
@@ -465,8 +464,7 @@ async fn write_loop(
     let mut initial = initial.into_iter();
     let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     loop {
-        let requested = *close_rx.borrow_and_update();
-        if let Some(spec) = requested {
+        if let Some(spec) = close.get() {
             metrics.ws_closed(spec.code);
             flush_and_close(&mut sink, &mut initial, &mut rx, spec).await;
             break;
@@ -475,10 +473,7 @@ async fn write_loop(
             Some(text) => Next::Frame(Message::Text(text.into())),
             None => tokio::select! {
                 biased;
-                changed = close_rx.changed() => match changed {
-                    Ok(()) => continue,
-                    Err(_) => break,
-                },
+                _ = close.requested() => continue,
                 _ = shutdown.cancelled() => Next::Close(going_away),
                 m = rx.recv() => match m {
                     Some(text) => Next::Frame(Message::Text(text.into())),
@@ -492,7 +487,7 @@ async fn write_loop(
                 // A client that stops reading blocks this send; a close request must still win.
                 tokio::select! {
                     sent = sink.send(m) => if sent.is_err() { break },
-                    _ = close_rx.changed() => continue,
+                    _ = close.requested() => continue,
                     _ = shutdown.cancelled() => {
                         metrics.ws_closed(going_away.code);
                         let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(going_away))).await;

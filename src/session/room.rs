@@ -51,19 +51,21 @@ pub struct CloseSpec {
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: u64,
-    tx: mpsc::Sender<String>,
+    /// Frames travel as `Box<str>` (16 bytes) rather than `String` (24): the queue's first block
+    /// of 32 slots is allocated with it, so this is 256 bytes less in every connection.
+    tx: mpsc::Sender<Box<str>>,
     close: Arc<CloseSignal>,
 }
 
 impl ConnHandle {
-    pub fn new(id: u64, tx: mpsc::Sender<String>, close: Arc<CloseSignal>) -> Self {
+    pub fn new(id: u64, tx: mpsc::Sender<Box<str>>, close: Arc<CloseSignal>) -> Self {
         Self { id, tx, close }
     }
 
     /// Queues a frame without waiting. A full queue means the client stopped reading: it is closed
     /// (it will resume from the log when it comes back) rather than slowing its sender.
     pub fn send(&self, text: String) -> bool {
-        match self.tx.try_send(text) {
+        match self.tx.try_send(text.into_boxed_str()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close(CloseSpec {

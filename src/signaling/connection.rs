@@ -446,7 +446,7 @@ pub(super) fn is_too_big(e: axum::Error) -> bool {
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::Receiver<Box<str>>,
     close: Arc<CloseSignal>,
     initial: Vec<String>,
     heartbeat: Duration,
@@ -476,7 +476,7 @@ async fn write_loop(
                 _ = close.requested() => continue,
                 _ = shutdown.cancelled() => Next::Close(going_away),
                 m = rx.recv() => match m {
-                    Some(text) => Next::Frame(Message::Text(text.into())),
+                    Some(text) => Next::Frame(Message::Text(String::from(text).into())),
                     None => break,
                 },
                 _ = ping.tick() => Next::Frame(Message::Ping(Default::default())),
@@ -510,7 +510,7 @@ async fn write_loop(
 async fn flush_and_close(
     sink: &mut SplitSink<WebSocket, Message>,
     initial: &mut std::vec::IntoIter<String>,
-    rx: &mut mpsc::Receiver<String>,
+    rx: &mut mpsc::Receiver<Box<str>>,
     spec: CloseSpec,
 ) {
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
@@ -518,7 +518,7 @@ async fn flush_and_close(
             sink.feed(Message::Text(text.into())).await?;
         }
         while let Ok(text) = rx.try_recv() {
-            sink.feed(Message::Text(text.into())).await?;
+            sink.feed(Message::Text(String::from(text).into())).await?;
         }
         sink.send(close_message(spec)).await
     })

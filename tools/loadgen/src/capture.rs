@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{self, Latency, Target, Ws};
+use crate::common::{self, Latency, Rng, Session, Target, Ws};
 
 #[derive(Clone, Debug)]
 pub struct Opts {
@@ -49,14 +49,8 @@ pub struct Outcome {
 /// colour would compress to almost nothing and decode in no time).
 pub fn camera_like(width: u32, height: u32, seed: u64, quality: u8) -> Result<Vec<u8>> {
     let mut img = image::RgbImage::new(width, height);
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut rnd = move || {
-        // xorshift64*: fast and deterministic; the noise only needs to look like sensor noise.
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
+    // The noise only needs to look like sensor noise.
+    let mut rng = Rng::new(seed);
     let (w, h) = (width as f32, height as f32);
     let horizon = h * (0.40 + (seed % 7) as f32 * 0.01);
     let (bx0, bx1, by0, by1) = (w * 0.12, w * 0.88, h * 0.35, h * 0.80);
@@ -93,7 +87,7 @@ pub fn camera_like(width: u32, height: u32, seed: u64, quality: u8) -> Result<Ve
                 c = [30.0, 30.0, 32.0];
             }
         }
-        let r = rnd();
+        let r = rng.next_u64();
         for (i, ch) in c.iter_mut().enumerate() {
             // Sensor noise: about +-7 levels per channel.
             let n = ((r >> (i * 8)) & 0xFF) as f32 / 255.0 * 14.0 - 7.0;
@@ -109,8 +103,7 @@ pub fn camera_like(width: u32, height: u32, seed: u64, quality: u8) -> Result<Ve
 }
 
 struct Uploader {
-    session_id: String,
-    customer_token: String,
+    session: Session,
     agent_tx: futures_util::stream::SplitSink<Ws, Message>,
     customer: Ws,
     drain: tokio::task::JoinHandle<()>,
@@ -123,8 +116,7 @@ async fn uploader(http: &reqwest::Client, target: &Target, n: usize) -> Result<U
     // The agent's screen receives `capture.created` and `checklist.updated` too: keep reading.
     let drain = tokio::spawn(async move { while let Some(Ok(_)) = agent_rx.next().await {} });
     Ok(Uploader {
-        session_id: s.id,
-        customer_token: s.customer_token,
+        session: s,
         agent_tx,
         customer: pair.customer,
         drain,
@@ -139,43 +131,16 @@ async fn one_capture(
     request_id: &str,
     jpeg: &'static [u8],
 ) -> Result<(Duration, Duration)> {
-    let request = serde_json::json!({
-        "type": "capture.request", "request_id": request_id,
-        "area": "door_front_left", "angle": "close_up",
-    });
     u.agent_tx
-        .send(Message::Text(request.to_string().into()))
+        .send(Message::Text(common::capture_request(request_id).into()))
         .await?;
     let within = Duration::from_secs(60);
     common::wait_for(&mut u.customer, "capture.request", within).await?;
-    let meta = serde_json::json!({
-        "area": "door_front_left", "angle": "close_up",
-        "request_id": request_id, "source": "customer_still",
-    });
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "meta",
-            reqwest::multipart::Part::text(meta.to_string()).mime_str("application/json")?,
-        )
-        .part(
-            "image",
-            reqwest::multipart::Part::bytes(jpeg)
-                .file_name("still.jpg")
-                .mime_str("image/jpeg")?,
-        );
-    let url = format!("{}/api/v1/sessions/{}/captures", target.base, u.session_id);
     let started = Instant::now();
     let upload = async {
-        let res = http
-            .post(&url)
-            .bearer_auth(&u.customer_token)
-            .header("Idempotency-Key", request_id)
-            .multipart(form)
-            .send()
-            .await?;
-        let status = res.status();
+        let (status, body) =
+            common::upload_still(http, target, &u.session, request_id, jpeg).await?;
         if status.as_u16() != 201 {
-            let body = res.text().await.unwrap_or_default();
             bail!("upload: {status}: {body}");
         }
         Ok(started.elapsed())
@@ -193,26 +158,30 @@ async fn one_capture(
     Ok((created?, http_done?))
 }
 
+/// `variants` distinct camera-like stills, kept for the life of the process so that every upload
+/// shares them without a copy.
+pub fn stills(width: u32, height: u32, variants: usize, quality: u8) -> Result<Vec<&'static [u8]>> {
+    let gen_started = std::time::Instant::now();
+    let stills: Vec<&'static [u8]> = (0..variants.max(1))
+        .map(|v| camera_like(width, height, v as u64 + 1, quality))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .map(|v| &*Box::leak(v.into_boxed_slice()))
+        .collect();
+    eprintln!(
+        "{} stills of {width}x{height} generated in {:.1} s ({} bytes each, about)",
+        stills.len(),
+        gen_started.elapsed().as_secs_f64(),
+        stills[0].len()
+    );
+    Ok(stills)
+}
+
 pub async fn run(target: &Target, opts: &Opts) -> Result<Outcome> {
     if target.bare {
         bail!("the capture benchmark needs CaptureLink, not the bare relay");
     }
-    let gen_started = std::time::Instant::now();
-    let stills: Vec<&'static [u8]> = (0..opts.variants.max(1))
-        .map(|v| camera_like(opts.width, opts.height, v as u64 + 1, opts.quality))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        // Shared by every upload for the life of the process, without a copy per request.
-        .map(|v| &*Box::leak(v.into_boxed_slice()))
-        .collect();
-    eprintln!(
-        "{} stills of {}x{} generated in {:.1} s ({} bytes each, about)",
-        stills.len(),
-        opts.width,
-        opts.height,
-        gen_started.elapsed().as_secs_f64(),
-        stills[0].len()
-    );
+    let stills = stills(opts.width, opts.height, opts.variants, opts.quality)?;
     let http = common::http_client()?;
     let uploaders: Vec<Result<Uploader>> = stream::iter(0..opts.uploaders.max(1))
         .map(|n| uploader(&http, target, n))

@@ -1,5 +1,6 @@
 //! What every benchmark shares: the target, REST session creation, WebSocket connections, the
-//! clock the payload timestamps use, and reading a process's RSS and CPU time from /proc.
+//! customer's still upload, the clock the payload timestamps use, a small random number source,
+//! and reading a process's RSS and CPU time from /proc.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
@@ -72,10 +73,33 @@ pub fn now_us() -> u64 {
 
 /// The timestamp a payload carries, wherever it sits in the frame (`ts:<us>;`).
 pub fn parse_ts(text: &str) -> Option<u64> {
-    let at = text.find("ts:")? + 3;
+    parse_tagged(text, "ts:")
+}
+
+/// The number after the first `tag` in `text` (`msg:12;` with the tag `msg:` gives 12).
+pub fn parse_tagged(text: &str, tag: &str) -> Option<u64> {
+    let at = text.find(tag)? + tag.len();
     let digits = &text[at..];
-    let end = digits.find(|c: char| !c.is_ascii_digit())?;
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
     digits[..end].parse().ok()
+}
+
+/// xorshift64*: fast and deterministic, for test stills' noise.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
 }
 
 /// A session as `POST /api/v1/sessions` returns it (the parts the benchmarks use).
@@ -205,12 +229,72 @@ pub async fn join_pair(target: &Target, s: &Session, source: Option<IpAddr>) -> 
     Ok(Pair { agent, customer })
 }
 
+/// The customer page's upload of a still for the agent's `capture.request`: multipart `meta` and
+/// `image`, the customer's token, the request id as `Idempotency-Key`. Returns the status and the
+/// body.
+pub async fn upload_still(
+    http: &reqwest::Client,
+    target: &Target,
+    session: &Session,
+    request_id: &str,
+    jpeg: impl Into<std::borrow::Cow<'static, [u8]>>,
+) -> Result<(reqwest::StatusCode, String)> {
+    let meta = serde_json::json!({
+        "area": "door_front_left", "angle": "close_up",
+        "request_id": request_id, "source": "customer_still",
+    });
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "meta",
+            reqwest::multipart::Part::text(meta.to_string()).mime_str("application/json")?,
+        )
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(jpeg)
+                .file_name("still.jpg")
+                .mime_str("image/jpeg")?,
+        );
+    let res = http
+        .post(format!(
+            "{}/api/v1/sessions/{}/captures",
+            target.base, session.id
+        ))
+        .bearer_auth(&session.customer_token)
+        .header("Idempotency-Key", request_id)
+        .multipart(form)
+        .send()
+        .await?;
+    let status = res.status();
+    Ok((status, res.text().await.unwrap_or_default()))
+}
+
+/// The agent's `capture.request` for the area and angle `upload_still` declares.
+pub fn capture_request(request_id: &str) -> String {
+    serde_json::json!({
+        "type": "capture.request", "request_id": request_id,
+        "area": "door_front_left", "angle": "close_up",
+    })
+    .to_string()
+}
+
+/// A still's size, `WIDTHxHEIGHT`.
+pub fn parse_size(size: &str) -> Result<(u32, u32)> {
+    size.split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .ok_or_else(|| anyhow!("--size is WIDTHxHEIGHT, not {size}"))
+}
+
 /// Resident set of a process, KiB (`VmRSS` of /proc/<pid>/status).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status(pid, "VmRSS")
+}
+
+/// A number of /proc/<pid>/status (`VmRSS`, `RssAnon` in KiB, `Threads`, …).
+pub fn proc_status(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -281,6 +365,8 @@ mod tests {
         );
         assert_eq!(parse_ts(r#"{"data":{"candidate":"a b ts:7; c"}}"#), Some(7));
         assert_eq!(parse_ts(r#"{"type":"paired"}"#), None);
+        assert_eq!(parse_tagged("soak-3-msg:17", "msg:"), Some(17));
+        assert_eq!(parse_tagged("msg:x", "msg:"), None);
     }
 
     #[test]
@@ -293,6 +379,8 @@ mod tests {
     fn proc_readings_of_this_process() {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
+        assert!(proc_status(me, "RssAnon").unwrap() > 0);
+        assert!(proc_status(me, "Threads").unwrap() >= 1);
         assert!(cpu_ticks(me).is_some());
     }
 }

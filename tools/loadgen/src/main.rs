@@ -17,7 +17,7 @@ mod startup;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
@@ -308,13 +308,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Capture(a) => {
             let target = Target::new(&a.target.url, a.target.api_key, false)?;
-            let Some((w, h)) = a
-                .size
-                .split_once('x')
-                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
-            else {
-                bail!("--size is WIDTHxHEIGHT");
-            };
+            let (w, h) = common::parse_size(&a.size)?;
             let out = capture::run(
                 &target,
                 &capture::Opts {

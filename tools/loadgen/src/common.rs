@@ -86,7 +86,7 @@ pub fn parse_tagged(text: &str, tag: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
-/// xorshift64*: fast and deterministic, for test stills' noise.
+/// xorshift64*: fast and deterministic, for test stills' noise and the soak's jittered timers.
 pub struct Rng(u64);
 
 impl Rng {
@@ -99,6 +99,11 @@ impl Rng {
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -195,6 +200,10 @@ pub async fn wait_for(ws: &mut Ws, kind: &str, within: Duration) -> Result<Strin
 pub struct Pair {
     pub agent: Ws,
     pub customer: Ws,
+    /// The last `seq` each has seen while joining (the agent's `peer.joined`, the customer's
+    /// `welcome.last_seq`); 0 on the bare relay.
+    pub agent_seq: u64,
+    pub customer_seq: u64,
 }
 
 /// Creates a session (CaptureLink) and joins both roles; `source` picks the local address.
@@ -212,7 +221,12 @@ pub async fn open_pair(
         let mut customer = ws_connect(target, &q, source).await?;
         wait_for(&mut agent, "paired", within).await?;
         wait_for(&mut customer, "paired", within).await?;
-        return Ok(Pair { agent, customer });
+        return Ok(Pair {
+            agent,
+            customer,
+            agent_seq: 0,
+            customer_seq: 0,
+        });
     }
     let s = create_session(http, target, &format!("BENCH-{n}")).await?;
     join_pair(target, &s, source).await
@@ -224,9 +238,22 @@ pub async fn join_pair(target: &Target, s: &Session, source: Option<IpAddr>) -> 
     let mut agent = ws_connect(target, &format!("token={}", s.agent_token), source).await?;
     wait_for(&mut agent, "welcome", within).await?;
     let mut customer = ws_connect(target, &format!("token={}", s.customer_token), source).await?;
-    wait_for(&mut customer, "welcome", within).await?;
-    wait_for(&mut agent, "peer.joined", within).await?;
-    Ok(Pair { agent, customer })
+    let welcome = wait_for(&mut customer, "welcome", within).await?;
+    let joined = wait_for(&mut agent, "peer.joined", within).await?;
+    Ok(Pair {
+        agent,
+        customer,
+        agent_seq: json_u64(&joined, "seq").unwrap_or(0),
+        customer_seq: json_u64(&welcome, "last_seq").unwrap_or(0),
+    })
+}
+
+/// A top-level number field of a JSON object's text.
+pub fn json_u64(text: &str, field: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()?
+        .get(field)?
+        .as_u64()
 }
 
 /// The customer page's upload of a still for the agent's `capture.request`: multipart `meta` and
@@ -367,6 +394,15 @@ mod tests {
         assert_eq!(parse_ts(r#"{"type":"paired"}"#), None);
         assert_eq!(parse_tagged("soak-3-msg:17", "msg:"), Some(17));
         assert_eq!(parse_tagged("msg:x", "msg:"), None);
+    }
+
+    #[test]
+    fn random_units_stay_in_range() {
+        let mut r = Rng::new(7);
+        let xs: Vec<f64> = (0..10_000).map(|_| r.unit()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
     }
 
     #[test]

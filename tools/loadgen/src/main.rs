@@ -12,12 +12,13 @@ mod capture;
 mod common;
 mod idle;
 mod relay;
+mod soak;
 mod startup;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
@@ -49,6 +50,8 @@ enum Cmd {
     Capture(CaptureArgs),
     /// Process start to `/healthz` 200, and the idle RSS, over several starts.
     Startup(StartupArgs),
+    /// Many sessions exchanging guidance and captures for minutes: errors and the server's RSS.
+    Soak(soak::Args),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -305,6 +308,24 @@ async fn run(cli: Cli) -> Result<()> {
                     out.dropped_during_hold
                 )
             })
+        }
+        Cmd::Soak(a) => {
+            let out = soak::run(a).await?;
+            print(json, &out, || soak::print_human(&out))?;
+            if !out.passed {
+                bail!(
+                    "soak failed: {} errors{}",
+                    out.errors,
+                    match &out.rss {
+                        Some(r) if !r.flat => format!(
+                            ", RSS grew {:.1} % after the warm-up (limit {:.0} %)",
+                            r.growth_pct, r.max_growth_pct
+                        ),
+                        _ => String::new(),
+                    }
+                );
+            }
+            Ok(())
         }
         Cmd::Capture(a) => {
             let target = Target::new(&a.target.url, a.target.api_key, false)?;

@@ -34,7 +34,7 @@ impl Kind {
     }
 
     /// The agent's message, timestamped. The bare relay forwards the same bytes.
-    fn message(self, ts: u64, pad: &str) -> String {
+    pub fn message(self, ts: u64, pad: &str) -> String {
         match self {
             Kind::Signal => format!(
                 r#"{{"type":"signal","data":{{"candidate":"candidate:842163049 1 udp 1677729535 192.0.2.17 50234 typ srflx raddr 0.0.0.0 rport 0 generation 0 ufrag ts:{ts}; network-cost 999{pad}","sdpMid":"0","sdpMLineIndex":0}}}}"#

@@ -17,7 +17,9 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::metrics::Metrics;
 use crate::session::view::{Presence, SessionView};
-use crate::session::{CloseSignal, CloseSpec, ConnHandle, Joined, Room, RoomError, Routed, close_code};
+use crate::session::{
+    CloseSignal, CloseSpec, ConnHandle, Joined, Room, RoomError, Routed, close_code,
+};
 use crate::store::{SessionStatus, now_ms};
 
 use super::protocol::{self, ClientMsg, LeaveReason, ProtocolError};
@@ -48,7 +50,9 @@ pub fn run(
 /// A connection's task, which lives as long as the connection. Its future is as large as the
 /// largest state it can be in, so what is large and brief (the join, each message's handling,
 /// the leave) is boxed: it then costs its size only while it runs, not for the connection's life.
-async fn serve(
+/// Not an `async fn`, for the reason given at [`write_loop`].
+#[allow(clippy::manual_async_fn)]
+fn serve(
     mut sink: SplitSink<WebSocket, Message>,
     stream: SplitStream<WebSocket>,
     state: AppState,
@@ -56,65 +60,67 @@ async fn serve(
     role: Role,
     last_seq: Option<i64>,
     conn_id: u64,
-) {
-    let (tx, rx) = mpsc::channel(state.settings.ws_queue);
-    let close = Arc::new(CloseSignal::default());
-    let handle = ConnHandle::new(conn_id, tx, close.clone());
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let (tx, rx) = mpsc::channel(state.settings.ws_queue);
+        let close = Arc::new(CloseSignal::default());
+        let handle = ConnHandle::new(conn_id, tx, close.clone());
 
-    let (room, initial) =
-        match Box::pin(join(&state, &session_id, role, handle.clone(), last_seq)).await {
-            Ok(j) => j,
-            Err(spec) => {
-                state.metrics.ws_closed(spec.code);
-                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
-                return;
-            }
+        let (room, initial) =
+            match Box::pin(join(&state, &session_id, role, handle.clone(), last_seq)).await {
+                Ok(j) => j,
+                Err(spec) => {
+                    state.metrics.ws_closed(spec.code);
+                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
+                    return;
+                }
+            };
+
+        let _connected = state.metrics.connection_opened(role);
+        let heartbeat = state.settings.heartbeat();
+        let writer = tokio::spawn(
+            write_loop(
+                sink,
+                rx,
+                close.clone(),
+                initial,
+                heartbeat,
+                state.shutdown.clone(),
+                state.metrics.clone(),
+            )
+            .in_current_span(),
+        );
+
+        let mut reader = Reader {
+            state: &state,
+            room: &room,
+            handle: &handle,
+            session_id: &session_id,
+            role,
+            limiter: RateLimiter::new(state.settings.ws_rate, state.settings.ws_burst),
+            violations: 0,
+            window_start: Instant::now(),
+            in_flight: Arc::new(Semaphore::new(in_flight_window(state.settings.ws_queue))),
         };
-
-    let _connected = state.metrics.connection_opened(role);
-    let heartbeat = state.settings.heartbeat();
-    let writer = tokio::spawn(
-        write_loop(
-            sink,
-            rx,
-            close.clone(),
-            initial,
-            heartbeat,
-            state.shutdown.clone(),
-            state.metrics.clone(),
-        )
-        .in_current_span(),
-    );
-
-    let mut reader = Reader {
-        state: &state,
-        room: &room,
-        handle: &handle,
-        session_id: &session_id,
-        role,
-        limiter: RateLimiter::new(state.settings.ws_rate, state.settings.ws_burst),
-        violations: 0,
-        window_start: Instant::now(),
-        in_flight: Arc::new(Semaphore::new(in_flight_window(state.settings.ws_queue))),
-    };
-    let left = reader.read_loop(stream, &close, heartbeat).await;
-    if let Some(reason) = left {
-        Box::pin(state.registry.leave(&room, role, conn_id, reason)).await;
-        tracing::info!(reason = ?reason, "left");
+        let left = reader.read_loop(stream, &close, heartbeat).await;
+        if let Some(reason) = left {
+            Box::pin(state.registry.leave(&room, role, conn_id, reason)).await;
+            tracing::info!(reason = ?reason, "left");
+        }
+        // On shutdown (None) the writer may not have seen the cancellation yet: ask for 1001 here
+        // too, or a plain 1000 could win the race.
+        handle.close(match left {
+            Some(_) => CloseSpec {
+                code: close_code::NORMAL,
+                reason: "",
+            },
+            None => CloseSpec {
+                code: close_code::GOING_AWAY,
+                reason: "server shutting down",
+            },
+        });
+        let _ = writer.await;
     }
-    // On shutdown (None) the writer may not have seen the cancellation yet: ask for 1001 here
-    // too, or a plain 1000 could win the race.
-    handle.close(match left {
-        Some(_) => CloseSpec {
-            code: close_code::NORMAL,
-            reason: "",
-        },
-        None => CloseSpec {
-            code: close_code::GOING_AWAY,
-            reason: "server shutting down",
-        },
-    });
-    let _ = writer.await;
 }
 
 /// Joins the session's room as `role`: the room and the connection's first frames (the welcome,
@@ -444,7 +450,10 @@ pub(super) fn is_too_big(e: axum::Error) -> bool {
     )
 }
 
-async fn write_loop(
+/// The writer task. Not an `async fn`, whose future would keep every argument twice (as passed,
+/// and moved into the body: rust-lang/rust#62958), a hundred-odd bytes more in every connection.
+#[allow(clippy::manual_async_fn)]
+fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Box<str>>,
     close: Arc<CloseSignal>,
@@ -452,53 +461,55 @@ async fn write_loop(
     heartbeat: Duration,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
-) {
-    enum Next {
-        Frame(Message),
-        Close(CloseSpec),
-    }
-    let going_away = CloseSpec {
-        code: close_code::GOING_AWAY,
-        reason: "server shutting down",
-    };
-    let mut initial = initial.into_iter();
-    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    loop {
-        if let Some(spec) = close.get() {
-            metrics.ws_closed(spec.code);
-            flush_and_close(&mut sink, &mut initial, &mut rx, spec).await;
-            break;
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        enum Next {
+            Frame(Message),
+            Close(CloseSpec),
         }
-        let next = match initial.next() {
-            Some(text) => Next::Frame(Message::Text(text.into())),
-            None => tokio::select! {
-                biased;
-                _ = close.requested() => continue,
-                _ = shutdown.cancelled() => Next::Close(going_away),
-                m = rx.recv() => match m {
-                    Some(text) => Next::Frame(Message::Text(String::from(text).into())),
-                    None => break,
-                },
-                _ = ping.tick() => Next::Frame(Message::Ping(Default::default())),
-            },
+        let going_away = CloseSpec {
+            code: close_code::GOING_AWAY,
+            reason: "server shutting down",
         };
-        match next {
-            Next::Frame(m) => {
-                // A client that stops reading blocks this send; a close request must still win.
-                tokio::select! {
-                    sent = sink.send(m) => if sent.is_err() { break },
+        let mut initial = initial.into_iter();
+        let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        loop {
+            if let Some(spec) = close.get() {
+                metrics.ws_closed(spec.code);
+                flush_and_close(&mut sink, &mut initial, &mut rx, spec).await;
+                break;
+            }
+            let next = match initial.next() {
+                Some(text) => Next::Frame(Message::Text(text.into())),
+                None => tokio::select! {
+                    biased;
                     _ = close.requested() => continue,
-                    _ = shutdown.cancelled() => {
-                        metrics.ws_closed(going_away.code);
-                        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(going_away))).await;
-                        break;
+                    _ = shutdown.cancelled() => Next::Close(going_away),
+                    m = rx.recv() => match m {
+                        Some(text) => Next::Frame(Message::Text(String::from(text).into())),
+                        None => break,
+                    },
+                    _ = ping.tick() => Next::Frame(Message::Ping(Default::default())),
+                },
+            };
+            match next {
+                Next::Frame(m) => {
+                    // A client that stops reading blocks this send; a close request must still win.
+                    tokio::select! {
+                        sent = sink.send(m) => if sent.is_err() { break },
+                        _ = close.requested() => continue,
+                        _ = shutdown.cancelled() => {
+                            metrics.ws_closed(going_away.code);
+                            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(going_away))).await;
+                            break;
+                        }
                     }
                 }
-            }
-            Next::Close(spec) => {
-                metrics.ws_closed(spec.code);
-                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
-                break;
+                Next::Close(spec) => {
+                    metrics.ws_closed(spec.code);
+                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(spec))).await;
+                    break;
+                }
             }
         }
     }

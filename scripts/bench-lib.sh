@@ -30,6 +30,15 @@ trap cleanup EXIT
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
+# port_free PORT: fails if something answers there already (a server left from an earlier run
+# would otherwise be measured in place of the one about to start).
+port_free() {
+    if curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1; then
+        echo "error: something already answers on port $1; stop it first" >&2
+        exit 1
+    fi
+}
+
 wait_healthz() {
     local port=$1 i
     for i in $(seq 1 300); do
@@ -45,6 +54,7 @@ start_capturelink() {
     local dir
     dir="$(mktemp -d /tmp/capturelink-bench.XXXXXX)"
     DIRS+=("$dir")
+    port_free "$CL_PORT"
     "$CL" serve --listen "127.0.0.1:$CL_PORT" --data-dir "$dir" --api-key "$KEY" "${LIMITS[@]}" \
         >"$OUT/$1.server.log" 2>&1 &
     CL_PID=$!

@@ -464,7 +464,9 @@ fn write_loop(
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         enum Next {
-            Frame(Message),
+            /// A frame, and whether the frames queued behind it may go in the same write (not
+            /// while the welcome and the replay, which come first, are still going out).
+            Frame(Message, bool),
             Close(CloseSpec),
         }
         let going_away = CloseSpec {
@@ -480,23 +482,23 @@ fn write_loop(
                 break;
             }
             let next = match initial.next() {
-                Some(text) => Next::Frame(Message::Text(text.into())),
+                Some(text) => Next::Frame(Message::Text(text.into()), false),
                 None => tokio::select! {
                     biased;
                     _ = close.requested() => continue,
                     _ = shutdown.cancelled() => Next::Close(going_away),
                     m = rx.recv() => match m {
-                        Some(text) => Next::Frame(Message::Text(String::from(text).into())),
+                        Some(text) => Next::Frame(Message::Text(String::from(text).into()), true),
                         None => break,
                     },
-                    _ = ping.tick() => Next::Frame(Message::Ping(Default::default())),
+                    _ = ping.tick() => Next::Frame(Message::Ping(Default::default()), true),
                 },
             };
             match next {
-                Next::Frame(m) => {
+                Next::Frame(m, drain) => {
                     // A client that stops reading blocks this send; a close request must still win.
                     tokio::select! {
-                        sent = sink.send(m) => if sent.is_err() { break },
+                        sent = send_batch(&mut sink, m, drain.then_some(&mut rx)) => if sent.is_err() { break },
                         _ = close.requested() => continue,
                         _ = shutdown.cancelled() => {
                             metrics.ws_closed(going_away.code);
@@ -513,6 +515,31 @@ fn write_loop(
             }
         }
     }
+}
+
+/// Most frames one write may carry: enough to save most of the writes under load, few enough
+/// that a heartbeat ping or a close is never far behind.
+const MAX_BATCH: usize = 32;
+
+/// Sends `first` and the frames queued behind it (up to [`MAX_BATCH`]) with one flush: under load
+/// a relay queues frames faster than one write each can carry them, and a write per frame was a
+/// system call per message.
+async fn send_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    first: Message,
+    rx: Option<&mut mpsc::Receiver<Box<str>>>,
+) -> Result<(), axum::Error> {
+    sink.feed(first).await?;
+    let Some(rx) = rx else {
+        return sink.flush().await;
+    };
+    for _ in 1..MAX_BATCH {
+        match rx.try_recv() {
+            Ok(text) => sink.feed(Message::Text(String::from(text).into())).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
 }
 
 /// Sends what was queued before the close was asked for, then the close frame, all within

@@ -84,6 +84,15 @@ impl ConnHandle {
     }
 }
 
+/// Who sent a pipelined message: answered with an `ack` (if it gave an `id`) or an `error` once
+/// the message is handed on or has failed, and holding its place in the connection's in-flight
+/// window until then.
+struct Sender {
+    conn: ConnHandle,
+    id: Option<serde_json::Value>,
+    _ticket: OwnedSemaphorePermit,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RoomError {
     /// The room was taken out of the registry while this caller held it: look it up again.
@@ -255,7 +264,7 @@ impl Room {
         self: &Arc<Self>,
         rows: Vec<EventRow>,
         failed_seq: (Role, i64),
-        sender: (ConnHandle, Option<serde_json::Value>, OwnedSemaphorePermit),
+        sender: Sender,
         send: impl FnOnce(&Room, Vec<EventRow>) + Send + Sync + 'static,
     ) {
         self.pipeline.pending.fetch_add(1, Ordering::SeqCst);
@@ -265,15 +274,15 @@ impl Room {
                 match outcome {
                     Ok(()) => {
                         send(&room, rows);
-                        if let (conn, Some(id), _) = &sender {
-                            conn.send(protocol::ack(id));
+                        if let Some(id) = &sender.id {
+                            sender.conn.send(protocol::ack(id));
                         }
                     }
                     Err(e) => {
                         let (role, seq) = failed_seq;
                         room.pipeline.rewind_to[role.index()].fetch_min(seq - 1, Ordering::SeqCst);
-                        let (conn, id, _) = sender;
-                        conn.send(protocol::error(&RoomError::Store(e).refusal(id)));
+                        let refusal = RoomError::Store(e).refusal(sender.id);
+                        sender.conn.send(protocol::error(&refusal));
                     }
                 }
                 if room.pipeline.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -585,8 +594,12 @@ impl Room {
                     room.hand_on(to, row.seq, row.body, conn.as_ref());
                 }
             };
-            self.enqueue(rows, (to, first), (sender, id, ticket), send)
-                .await;
+            let sender = Sender {
+                conn: sender,
+                id,
+                _ticket: ticket,
+            };
+            self.enqueue(rows, (to, first), sender, send).await;
             return Ok(Routed::Pending);
         }
         let Some(conn) = conn else {
@@ -610,8 +623,12 @@ impl Room {
                 .appender()
                 .record_mark(&room.marks[to.index()], seq);
         };
-        self.enqueue(Vec::new(), (to, seq), (sender, id, ticket), send)
-            .await;
+        let sender = Sender {
+            conn: sender,
+            id,
+            _ticket: ticket,
+        };
+        self.enqueue(Vec::new(), (to, seq), sender, send).await;
         Ok(Routed::Pending)
     }
 

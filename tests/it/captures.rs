@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::codecs::webp::WebPEncoder;
 use image::{ExtendedColorType, ImageEncoder, Rgb, RgbImage};
@@ -64,19 +63,6 @@ fn near_black(w: u32, h: u32) -> RgbImage {
         }
     }
     n
-}
-
-fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, quality)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
 }
 
 fn png(img: &RgbImage) -> Vec<u8> {
@@ -332,7 +318,7 @@ async fn api_key_upload_is_stored_exactly_and_served_back() {
     let srv = TestServer::start().await;
     let s = srv.session().await;
     let slot_id = s.body["checklist"][2]["id"].as_str().unwrap().to_owned();
-    let bytes = jpeg(&checkerboard(800, 600, 12), 90);
+    let bytes = encode_jpeg(&checkerboard(800, 600, 12), 90);
     let sha = sha_hex(&bytes);
     let m = json!({
         "area": "overview", "angle": "front_left_45", "slot_id": slot_id,
@@ -550,7 +536,7 @@ async fn a_body_over_the_cap_is_413_and_leaves_nothing() {
         assert_stored(&srv, 0, 0, "a 413").await;
     }
     // An image under the cap is taken.
-    let small = jpeg(&noise(200, 150, 5), 80);
+    let small = encode_jpeg(&noise(200, 150, 5), 80);
     assert!(small.len() < 200_000);
     upload_ok(&srv, &s.id, API_KEY, &small, &m).await;
     assert_stored(&srv, 1, 1, "an upload under the cap").await;
@@ -572,7 +558,7 @@ async fn other_formats_and_mismatched_types_are_415() {
         ),
         // A real JPEG declared as a PNG.
         (
-            jpeg(&noise(64, 48, 6), 85),
+            encode_jpeg(&noise(64, 48, 6), 85),
             "image/png",
             "media_type_mismatch",
         ),
@@ -590,7 +576,7 @@ async fn other_formats_and_mismatched_types_are_415() {
 async fn corrupt_oversized_and_invalid_uploads_are_422() {
     let srv = TestServer::start().await;
     let s = srv.session().await;
-    let good = jpeg(&noise(320, 240, 7), 90);
+    let good = encode_jpeg(&noise(320, 240, 7), 90);
     let truncated = good[..good.len() * 6 / 10].to_vec();
     let bomb = png_claiming(65535, 65535);
     assert!(bomb.len() < 2000);
@@ -653,7 +639,7 @@ async fn a_closed_session_takes_no_captures() {
         .await
         .unwrap();
     assert!(res.status().is_success(), "close: {}", res.status());
-    let bytes = jpeg(&noise(160, 120, 8), 85);
+    let bytes = encode_jpeg(&noise(160, 120, 8), 85);
     let res = srv
         .upload(
             &s.id,
@@ -674,7 +660,7 @@ async fn an_idempotent_retry_returns_the_same_capture_once() {
     let srv = TestServer::start().await;
     let s = srv.session().await;
     let (mut agent, _) = srv.join(&s.agent_token).await;
-    let bytes = jpeg(&noise(320, 240, 9), 90);
+    let bytes = encode_jpeg(&noise(320, 240, 9), 90);
     let m = meta("door_front_left", "close_up");
 
     let first = srv
@@ -700,7 +686,7 @@ async fn an_idempotent_retry_returns_the_same_capture_once() {
     assert_eq!(retry, first, "the retry answers the first capture");
 
     // Other bytes under the same key are a conflict.
-    let other = jpeg(&noise(320, 240, 10), 90);
+    let other = encode_jpeg(&noise(320, 240, 10), 90);
     let res = srv
         .upload(
             &s.id,
@@ -735,7 +721,7 @@ async fn twenty_concurrent_uploads_to_one_session_all_land() {
     let (mut agent, _) = srv.join(&s.agent_token).await;
     // 17 different images; the last four uploads carry the same bytes (17 distinct files).
     let images: Vec<Vec<u8>> = (0..20u64)
-        .map(|i| jpeg(&noise(240, 180, 100 + i.min(16)), 85))
+        .map(|i| encode_jpeg(&noise(240, 180, 100 + i.min(16)), 85))
         .collect();
     let url = srv.url(&format!("/api/v1/sessions/{}/captures", s.id));
     let tasks: Vec<_> = images
@@ -809,7 +795,7 @@ async fn the_customer_uploads_only_for_a_pending_request() {
     let srv = TestServer::start().await;
     let s = srv.session().await;
     let slot_id = s.body["checklist"][0]["id"].as_str().unwrap().to_owned();
-    let bytes = jpeg(&noise(320, 240, 11), 90);
+    let bytes = encode_jpeg(&noise(320, 240, 11), 90);
     let still = |request_id: Option<&str>| {
         let mut m = json!({"area": "hood", "angle": "close_up", "source": "customer_still"});
         if let Some(r) = request_id {
@@ -889,7 +875,7 @@ async fn the_customer_uploads_only_for_a_pending_request() {
         .await;
     assert_eq!(res.status(), 201);
     assert_eq!(res.json::<Value>().await.unwrap()["id"], c["id"]);
-    let other = jpeg(&noise(320, 240, 12), 90);
+    let other = encode_jpeg(&noise(320, 240, 12), 90);
     let res = srv
         .upload(
             &s.id,
@@ -912,7 +898,7 @@ async fn a_refused_customer_upload_tells_the_agent() {
         .await;
     customer.expect("capture.request").await;
 
-    let good = jpeg(&noise(320, 240, 13), 90);
+    let good = encode_jpeg(&noise(320, 240, 13), 90);
     let truncated = &good[..good.len() / 2];
     let m = json!({"area":"door_rear_right","angle":"close_up","source":"customer_still","request_id":"r2"});
     let res = srv
@@ -961,7 +947,7 @@ async fn both_screens_are_told_at_once_and_the_checklist_follows() {
     let area = s.body["checklist"][0]["area"].as_str().unwrap().to_owned();
     let angle = s.body["checklist"][0]["angle"].as_str().unwrap().to_owned();
     let (mut agent, mut customer) = pair(&srv, &s).await;
-    let bytes = jpeg(&checkerboard(640, 480, 10), 90);
+    let bytes = encode_jpeg(&checkerboard(640, 480, 10), 90);
     let m = json!({"area": area, "angle": angle, "slot_id": slot_id, "source": "agent_frame"});
 
     let started = Instant::now();
@@ -1032,7 +1018,7 @@ async fn a_capture_made_before_anyone_joins_is_in_the_welcome() {
     let srv = TestServer::start().await;
     let s = srv.session().await;
     let slot_id = s.body["checklist"][1]["id"].as_str().unwrap().to_owned();
-    let bytes = jpeg(&noise(320, 240, 14), 85);
+    let bytes = encode_jpeg(&noise(320, 240, 14), 85);
     let m = json!({"area":"odometer","angle":"interior","slot_id":slot_id,"source":"agent_frame"});
     let c = upload_ok(&srv, &s.id, API_KEY, &bytes, &m).await;
     for token in [&s.agent_token, &s.customer_token] {
@@ -1090,7 +1076,7 @@ async fn the_agent_adds_checklist_slots_during_the_call() {
     assert_eq!(view["checklist"].as_array().unwrap().len(), 9);
 
     // The new slot takes a capture like any other.
-    let bytes = jpeg(&noise(320, 240, 15), 90);
+    let bytes = encode_jpeg(&noise(320, 240, 15), 90);
     let m = json!({"area":"door_front_left","angle":"close_up","slot_id":"slot_9","source":"agent_frame"});
     let c = upload_ok(&srv, &s.id, &s.agent_token, &bytes, &m).await;
     assert_eq!(c["slot_id"], "slot_9");
@@ -1123,7 +1109,7 @@ async fn quality_flags_blur_and_darkness_not_detail() {
         ("checkerboard", checkerboard(800, 600, 8)),
         ("noise", noise(800, 600, 16)),
     ] {
-        let c = upload_ok(&srv, &s.id, API_KEY, &jpeg(&img, 90), &m).await;
+        let c = upload_ok(&srv, &s.id, API_KEY, &encode_jpeg(&img, 90), &m).await;
         let w = warnings(&c);
         assert!(
             !w.contains(&"blurry".to_owned()),
@@ -1137,7 +1123,14 @@ async fn quality_flags_blur_and_darkness_not_detail() {
         );
     }
 
-    let dark = upload_ok(&srv, &s.id, API_KEY, &jpeg(&near_black(800, 600), 90), &m).await;
+    let dark = upload_ok(
+        &srv,
+        &s.id,
+        API_KEY,
+        &encode_jpeg(&near_black(800, 600), 90),
+        &m,
+    )
+    .await;
     assert!(
         warnings(&dark).contains(&"too_dark".to_owned()),
         "{}",
@@ -1145,7 +1138,14 @@ async fn quality_flags_blur_and_darkness_not_detail() {
     );
     assert!(dark["quality"]["brightness"].as_f64().unwrap() < 0.15);
 
-    let soft = upload_ok(&srv, &s.id, API_KEY, &jpeg(&smooth(800, 600), 90), &m).await;
+    let soft = upload_ok(
+        &srv,
+        &s.id,
+        API_KEY,
+        &encode_jpeg(&smooth(800, 600), 90),
+        &m,
+    )
+    .await;
     assert_eq!(warnings(&soft), ["blurry"], "{}", soft["quality"]);
 }
 
@@ -1154,7 +1154,7 @@ async fn concurrent_retries_under_one_key_store_one_capture() {
     let srv = TestServer::start().await;
     let s = srv.session().await;
     let (mut agent, _) = srv.join(&s.agent_token).await;
-    let bytes = jpeg(&noise(320, 240, 17), 90);
+    let bytes = encode_jpeg(&noise(320, 240, 17), 90);
     let url = srv.url(&format!("/api/v1/sessions/{}/captures", s.id));
     let tasks: Vec<_> = (0..6)
         .map(|_| {
@@ -1200,7 +1200,11 @@ async fn concurrent_stills_for_one_request_fulfil_it_once() {
     let tasks: Vec<_> = (0..6u64)
         .map(|i| {
             let (http, url, token) = (srv.http.clone(), url.clone(), s.customer_token.clone());
-            let f = form(&jpeg(&noise(320, 240, 200 + i), 90), "image/jpeg", &m);
+            let f = form(
+                &encode_jpeg(&noise(320, 240, 200 + i), 90),
+                "image/jpeg",
+                &m,
+            );
             tokio::spawn(async move {
                 let res = http
                     .post(url)

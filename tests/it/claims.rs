@@ -15,7 +15,6 @@ use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder, Rgb, RgbImage};
 use serde_json::{Value, json};
@@ -41,12 +40,7 @@ fn picture(w: u32, h: u32, seed: u32) -> RgbImage {
 }
 
 fn jpeg(seed: u32) -> Vec<u8> {
-    let img = picture(320, 240, seed);
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, 90)
-        .write_image(img.as_raw(), 320, 240, ExtendedColorType::Rgb8)
-        .unwrap();
-    out
+    encode_jpeg(&picture(320, 240, seed), 90)
 }
 
 fn png(seed: u32) -> Vec<u8> {

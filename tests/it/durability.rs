@@ -86,11 +86,8 @@ pub(crate) fn jpeg(seed: u32) -> Vec<u8> {
         let v = (x * 7 + y * 13 + seed * 31) % 256;
         image::Rgb([v as u8, ((x ^ y) % 256) as u8, (seed % 256) as u8])
     });
-    let mut out = std::io::Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(img)
-        .write_to(&mut out, image::ImageFormat::Jpeg)
-        .unwrap();
-    out.into_inner()
+    // 75: the quality `image` encodes with by default.
+    encode_jpeg(&img, 75)
 }
 
 async fn upload(base: &str, session: &str, bytes: Vec<u8>) -> reqwest::Result<reqwest::Response> {

@@ -1,8 +1,7 @@
 //! The operator's view: liveness, readiness (a database that takes writes, a data dir with room)
 //! and the metrics moving as the service works.
 
-use image::codecs::jpeg::JpegEncoder;
-use image::{ExtendedColorType, ImageEncoder, RgbImage};
+use image::RgbImage;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -16,11 +15,7 @@ fn small_jpeg() -> Vec<u8> {
             ((x ^ y) % 256) as u8,
         ])
     });
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, 90)
-        .write_image(img.as_raw(), 160, 120, ExtendedColorType::Rgb8)
-        .unwrap();
-    out
+    encode_jpeg(&img, 90)
 }
 
 async fn readyz(srv: &TestServer) -> (u16, Option<String>, Value) {

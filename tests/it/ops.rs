@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Output;
 
-use image::codecs::jpeg::JpegEncoder;
-use image::{ExtendedColorType, ImageEncoder, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -52,11 +51,7 @@ fn noise_jpeg(w: u32, h: u32, seed: u64) -> Vec<u8> {
         let b = s.to_le_bytes();
         Rgb([b[0], b[1], b[2]])
     });
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, 85)
-        .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
-        .unwrap();
-    out
+    encode_jpeg(&img, 85)
 }
 
 fn sha_hex(bytes: &[u8]) -> String {

@@ -400,3 +400,18 @@ pub async fn hold_write_lock(data_dir: &Path) -> sqlx::SqliteConnection {
         .unwrap();
     other
 }
+
+/// `img` encoded as a baseline JPEG at `quality` (1-100).
+pub fn encode_jpeg(img: &image::RgbImage, quality: u8) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    out
+}

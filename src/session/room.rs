@@ -271,20 +271,28 @@ impl Room {
         let room = Arc::clone(self);
         let then = Box::new(
             move |outcome: Result<(), StoreError>, rows: Vec<EventRow>| {
+                // Taken apart here, so the closure owns the ticket too: a closure captures only
+                // the fields it uses, and would give the window's place back at once.
+                let Sender {
+                    conn,
+                    id,
+                    _ticket: ticket,
+                } = sender;
                 match outcome {
                     Ok(()) => {
                         send(&room, rows);
-                        if let Some(id) = &sender.id {
-                            sender.conn.send(protocol::ack(id));
+                        if let Some(id) = &id {
+                            conn.send(protocol::ack(id));
                         }
                     }
                     Err(e) => {
                         let (role, seq) = failed_seq;
                         room.pipeline.rewind_to[role.index()].fetch_min(seq - 1, Ordering::SeqCst);
-                        let refusal = RoomError::Store(e).refusal(sender.id);
-                        sender.conn.send(protocol::error(&refusal));
+                        conn.send(protocol::error(&RoomError::Store(e).refusal(id)));
                     }
                 }
+                // The place in the sender's in-flight window is given back only now.
+                drop(ticket);
                 if room.pipeline.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
                     room.pipeline.drained.notify_waiters();
                 }

@@ -878,16 +878,10 @@ async fn ws_join(base: &str, token: &str) -> Client {
 async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut bin = Binary::start(dir.path(), Some("k")).await;
-    let out = bin.stdout();
-    assert!(
-        out.iter()
-            .any(|l| l.contains(&format!("listening on {}", bin.base))),
-        "{out:?}"
-    );
-    assert!(
-        out.iter().any(|l| l.contains("/agent/")),
-        "the console's URL: {out:?}"
-    );
+    let listening = format!("listening on {}", bin.base);
+    bin.wait_for_line(&listening).await;
+    // The console's URL is printed on a line of its own after the banner.
+    bin.wait_for_line("/agent/").await;
 
     let res = bin.create_session("k").await;
     assert_eq!(res.status(), 201);

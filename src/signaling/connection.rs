@@ -253,16 +253,28 @@ impl Reader<'_> {
         close: &CloseSignal,
         heartbeat: Duration,
     ) -> Option<LeaveReason> {
+        // The waits live across messages: made afresh for every message, they registered with
+        // the timer wheel and two waiter lists, and left them again, each time. The timer is set
+        // for the last frame's deadline and, when it fires early, moved to the current one.
         let mut deadline = Instant::now() + heartbeat * 2;
+        let timer = tokio::time::sleep_until(deadline);
+        let closing = close.requested();
+        let state = self.state;
+        let shutdown = state.shutdown.cancelled();
+        tokio::pin!(timer, closing, shutdown);
         loop {
             tokio::select! {
                 biased;
-                spec = close.requested() => {
+                spec = &mut closing => {
                     tracing::debug!(?spec, "closing");
                     return Some(LeaveReason::Closed);
                 }
-                _ = self.state.shutdown.cancelled() => return None,
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut shutdown => return None,
+                _ = &mut timer => {
+                    if Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     tracing::info!("heartbeat timeout");
                     self.handle.close(CloseSpec { code: close_code::GOING_AWAY, reason: "heartbeat timeout" });
                     return Some(LeaveReason::Timeout);
@@ -475,6 +487,11 @@ fn write_loop(
         };
         let mut initial = initial.into_iter();
         let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        // Made once, not per frame (see `read_loop`). Neither is polled again once it has
+        // resolved: the loop ends after either.
+        let closing = close.requested();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(closing, cancelled);
         loop {
             if let Some(spec) = close.get() {
                 metrics.ws_closed(spec.code);
@@ -485,8 +502,8 @@ fn write_loop(
                 Some(text) => Next::Frame(Message::Text(text.into()), false),
                 None => tokio::select! {
                     biased;
-                    _ = close.requested() => continue,
-                    _ = shutdown.cancelled() => Next::Close(going_away),
+                    _ = &mut closing => continue,
+                    _ = &mut cancelled => Next::Close(going_away),
                     m = rx.recv() => match m {
                         Some(text) => Next::Frame(Message::Text(String::from(text).into()), true),
                         None => break,
@@ -499,8 +516,8 @@ fn write_loop(
                     // A client that stops reading blocks this send; a close request must still win.
                     tokio::select! {
                         sent = send_batch(&mut sink, m, drain.then_some(&mut rx)) => if sent.is_err() { break },
-                        _ = close.requested() => continue,
-                        _ = shutdown.cancelled() => {
+                        _ = &mut closing => continue,
+                        _ = &mut cancelled => {
                             metrics.ws_closed(going_away.code);
                             let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(going_away))).await;
                             break;

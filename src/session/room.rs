@@ -90,7 +90,7 @@ impl ConnHandle {
 struct Sender {
     conn: ConnHandle,
     id: Option<serde_json::Value>,
-    _ticket: OwnedSemaphorePermit,
+    ticket: OwnedSemaphorePermit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -273,11 +273,7 @@ impl Room {
             move |outcome: Result<(), StoreError>, rows: Vec<EventRow>| {
                 // Taken apart here, so the closure owns the ticket too: a closure captures only
                 // the fields it uses, and would give the window's place back at once.
-                let Sender {
-                    conn,
-                    id,
-                    _ticket: ticket,
-                } = sender;
+                let Sender { conn, id, ticket } = sender;
                 match outcome {
                     Ok(()) => {
                         send(&room, rows);
@@ -584,6 +580,11 @@ impl Room {
         let Some(sender) = st.conns[from.index()].clone().filter(|c| c.id == conn_id) else {
             return Err(RoomError::NotCurrent);
         };
+        let sender = Sender {
+            conn: sender,
+            id,
+            ticket,
+        };
         self.check_open(&st)?;
         if self.pipeline.chain.is_broken() {
             self.settle(&mut st).await;
@@ -601,11 +602,6 @@ impl Room {
                 for row in rows {
                     room.hand_on(to, row.seq, row.body, conn.as_ref());
                 }
-            };
-            let sender = Sender {
-                conn: sender,
-                id,
-                _ticket: ticket,
             };
             self.enqueue(rows, (to, first), sender, send).await;
             return Ok(Routed::Pending);
@@ -630,11 +626,6 @@ impl Room {
             room.store
                 .appender()
                 .record_mark(&room.marks[to.index()], seq);
-        };
-        let sender = Sender {
-            conn: sender,
-            id,
-            _ticket: ticket,
         };
         self.enqueue(Vec::new(), (to, seq), sender, send).await;
         Ok(Routed::Pending)

@@ -202,9 +202,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     } else {
         (ApiKeys::new(&settings.api_keys), None, None)
     };
-    let store = Store::open_with(&settings.data_dir, settings.db_busy_timeout())
-        .await
-        .context("opening the database")?;
+    let store = Store::open_configured(
+        &settings.data_dir,
+        settings.database_url.as_deref(),
+        settings.db_busy_timeout(),
+    )
+    .await
+    .context("opening the database")?;
+    store.claim_node().await.context("claiming the database")?;
+    tracing::info!(database = store.describe(), "database open");
     // Keys created with `capturelink api-key create`, besides those of the settings or key file.
     let api_keys = api_keys.with_store(store.clone());
     let media = crate::media::open(&settings).context("opening the image store")?;

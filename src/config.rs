@@ -62,6 +62,23 @@ pub struct DataDirArg {
     /// Directory of the SQLite database, the image files and generated secrets.
     #[arg(long, env = "CAPTURELINK_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// The service's PostgreSQL database, when it has one instead of the data dir's SQLite file.
+    #[arg(long, env = "CAPTURELINK_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DataDirArg {
+    /// Refuses a PostgreSQL database, for the commands that copy the SQLite file.
+    pub fn require_sqlite(&self, command: &str) -> Result<(), String> {
+        match &self.database_url {
+            Some(_) => Err(format!(
+                "`capturelink {command}` copies the embedded SQLite database, and this service's \
+                 database is PostgreSQL (--database-url); back it up with PostgreSQL's own tools \
+                 (pg_dump, or continuous archiving) and the images with the image store's"
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -304,6 +321,11 @@ pub struct Settings {
     #[arg(long, env = "CAPTURELINK_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
 
+    /// The database: `postgres://user:password@host:port/dbname[?sslmode=require]` for a
+    /// PostgreSQL server that several nodes share. Default: the SQLite file in the data dir.
+    #[arg(long, env = "CAPTURELINK_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
     /// Where the images go: `s3://bucket[/prefix]` for S3-compatible object storage (with the
     /// `--s3-*` settings). Default: the `media` directory of the data dir.
     #[arg(long, env = "CAPTURELINK_MEDIA_URL")]
@@ -440,6 +462,14 @@ impl Settings {
         if self.tls_self_signed && self.tls_cert.is_some() {
             return Err("--tls-self-signed and --tls-cert exclude each other".into());
         }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(
+                "--database-url must be a postgres:// URL (leave it unset for the embedded SQLite)"
+                    .into(),
+            );
+        }
         match &self.media_url {
             Some(url) => {
                 crate::media::S3Location::parse(url)?;
@@ -534,6 +564,18 @@ mod tests {
         assert!(s.validate().is_err());
         s.retention_days = Some(30);
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn the_database_url_is_checked() {
+        let mut s = Settings::with_data_dir("/tmp/x");
+        assert_eq!(s.database_url, None);
+        s.database_url = Some("postgres://u:p@db.internal:5432/capturelink".into());
+        assert_eq!(s.validate(), Ok(()));
+        s.database_url = Some("postgresql://db.internal/capturelink".into());
+        assert_eq!(s.validate(), Ok(()));
+        s.database_url = Some("sqlite://data/capturelink.db".into());
+        assert!(s.validate().unwrap_err().contains("postgres://"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use anyhow::Context;
 
 use crate::auth::{fingerprint, generate_api_key};
-use crate::config::ApiKeyCommand;
+use crate::config::{ApiKeyCommand, DataDirArg};
 use crate::session::view::rfc3339;
 use crate::store::api_keys::Revoked;
 use crate::store::{Store, now_ms};
@@ -13,9 +13,11 @@ pub async fn run(command: ApiKeyCommand) -> anyhow::Result<()> {
     match command {
         ApiKeyCommand::Create { name, dir } => {
             // Creating a key before the first start is fine: the database is created here.
-            std::fs::create_dir_all(&dir.data_dir)
-                .with_context(|| format!("creating data dir {}", dir.data_dir.display()))?;
-            let store = open(&dir.data_dir).await?;
+            if dir.database_url.is_none() {
+                std::fs::create_dir_all(&dir.data_dir)
+                    .with_context(|| format!("creating data dir {}", dir.data_dir.display()))?;
+            }
+            let store = open(&dir).await?;
             let (key, hash) = generate_api_key();
             let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
             let id = store.insert_api_key(name.as_deref(), &hash, now_ms()).await;
@@ -30,8 +32,10 @@ pub async fn run(command: ApiKeyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ApiKeyCommand::List { dir } => {
-            super::require_database(&dir.data_dir)?;
-            let store = open(&dir.data_dir).await?;
+            if dir.database_url.is_none() {
+                super::require_database(&dir.data_dir)?;
+            }
+            let store = open(&dir).await?;
             let keys = store.list_api_keys().await;
             store.close().await;
             let keys = keys.context("reading the keys")?;
@@ -54,8 +58,10 @@ pub async fn run(command: ApiKeyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ApiKeyCommand::Revoke { id, dir } => {
-            super::require_database(&dir.data_dir)?;
-            let store = open(&dir.data_dir).await?;
+            if dir.database_url.is_none() {
+                super::require_database(&dir.data_dir)?;
+            }
+            let store = open(&dir).await?;
             let outcome = store.revoke_api_key(id, now_ms()).await;
             store.close().await;
             match outcome.context("revoking the key")? {
@@ -73,8 +79,13 @@ pub async fn run(command: ApiKeyCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn open(data_dir: &std::path::Path) -> anyhow::Result<Store> {
-    Store::open(data_dir)
-        .await
-        .with_context(|| format!("opening the database in {}", data_dir.display()))
+async fn open(dir: &DataDirArg) -> anyhow::Result<Store> {
+    match &dir.database_url {
+        Some(url) => Store::open_postgres(url)
+            .await
+            .context("opening the PostgreSQL database"),
+        None => Store::open(&dir.data_dir)
+            .await
+            .with_context(|| format!("opening the database in {}", dir.data_dir.display())),
+    }
 }

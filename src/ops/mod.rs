@@ -18,6 +18,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(settings) => serve(settings).await,
         Command::ApiKey(c) => api_keys::run(c).await,
         Command::Backup(a) => {
+            a.dir.require_sqlite("backup").map_err(anyhow::Error::msg)?;
             a.media
                 .require_local("backup")
                 .map_err(anyhow::Error::msg)?;
@@ -39,6 +40,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Restore(a) => {
+            a.dir
+                .require_sqlite("restore")
+                .map_err(anyhow::Error::msg)?;
             a.media
                 .require_local("restore")
                 .map_err(anyhow::Error::msg)?;
@@ -54,7 +58,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Migrate(d) => migrate(&d.data_dir).await,
+        Command::Migrate(d) => match &d.database_url {
+            Some(url) => migrate_postgres(url).await,
+            None => migrate(&d.data_dir).await,
+        },
         Command::Probe(p) => probe(&p.url, p.insecure).await,
     }
 }
@@ -94,7 +101,12 @@ async fn migrate(data_dir: &Path) -> anyhow::Result<()> {
         "database {}",
         data_dir.join(crate::store::DB_FILE).display()
     );
-    for m in &applied {
+    print_migrations(&applied);
+    Ok(())
+}
+
+fn print_migrations(applied: &[crate::store::admin::AppliedMigration]) {
+    for m in applied {
         println!(
             "{:04} {} ({})",
             m.version,
@@ -106,6 +118,14 @@ async fn migrate(data_dir: &Path) -> anyhow::Result<()> {
             }
         );
     }
+}
+
+async fn migrate_postgres(url: &str) -> anyhow::Result<()> {
+    let applied = crate::store::postgres::migrate(url)
+        .await
+        .context("migrating the PostgreSQL database")?;
+    println!("database postgres");
+    print_migrations(&applied);
     Ok(())
 }
 

@@ -1,11 +1,12 @@
 //! API keys created with `capturelink api-key create`: only their SHA-256 is stored.
 
-use sqlx::Row;
+use sqlx::FromRow;
 
 use super::{Result, Store, StoreError};
+use super::{on_postgres, postgres};
 
 /// One stored key, as `api-key list` shows it (there is no way to get the key back).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiKeyRow {
     pub id: i64,
     pub name: Option<String>,
@@ -28,13 +29,17 @@ pub enum Revoked {
 impl Store {
     /// Records a new key by its hash; returns its id.
     pub async fn insert_api_key(&self, name: Option<&str>, hash: &[u8], now: i64) -> Result<i64> {
+        let db = on_postgres!(self, |pg| postgres::api_keys::insert_api_key(
+            pg, name, hash, now
+        )
+        .await);
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO api_keys (name, hash, created_at) VALUES (?, ?, ?) RETURNING id",
         )
         .bind(name)
         .bind(hash)
         .bind(now)
-        .fetch_one(&self.write)
+        .fetch_one(&db.write)
         .await
         .map_err(StoreError::classify)?;
         Ok(id)
@@ -42,28 +47,20 @@ impl Store {
 
     /// Every key, oldest first, revoked ones included.
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>> {
+        let db = on_postgres!(self, |pg| postgres::api_keys::list_api_keys(pg).await);
         let rows = sqlx::query(
             "SELECT id, name, hash, created_at, revoked_at, last_used_at FROM api_keys ORDER BY id",
         )
-        .fetch_all(&self.read)
+        .fetch_all(&db.read)
         .await
         .map_err(StoreError::classify)?;
-        rows.iter()
-            .map(|r| {
-                Ok(ApiKeyRow {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    hash: r.try_get("hash")?,
-                    created_at: r.try_get("created_at")?,
-                    revoked_at: r.try_get("revoked_at")?,
-                    last_used_at: r.try_get("last_used_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(ApiKeyRow::from_row(r)?)).collect()
     }
 
     pub async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoked> {
-        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let db = on_postgres!(self, |pg| postgres::api_keys::revoke_api_key(pg, id, now)
+            .await);
+        let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         let revoked_at: Option<Option<i64>> =
             sqlx::query_scalar("SELECT revoked_at FROM api_keys WHERE id = ?")
                 .bind(id)
@@ -90,18 +87,21 @@ impl Store {
     /// The id of the live (not revoked) key with this hash. Read on every request that presents
     /// such a key, so a revoke made by another process takes effect at once.
     pub async fn live_api_key(&self, hash: &[u8]) -> Result<Option<i64>> {
+        let db = on_postgres!(self, |pg| postgres::api_keys::live_api_key(pg, hash).await);
         sqlx::query_scalar("SELECT id FROM api_keys WHERE hash = ? AND revoked_at IS NULL")
             .bind(hash)
-            .fetch_optional(&self.read)
+            .fetch_optional(&db.read)
             .await
             .map_err(StoreError::classify)
     }
 
     pub async fn touch_api_key(&self, id: i64, now: i64) -> Result<()> {
+        let db = on_postgres!(self, |pg| postgres::api_keys::touch_api_key(pg, id, now)
+            .await);
         sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
             .bind(now)
             .bind(id)
-            .execute(&self.write)
+            .execute(&db.write)
             .await
             .map_err(StoreError::classify)?;
         Ok(())

@@ -2,13 +2,14 @@
 
 use std::collections::HashSet;
 
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 
 use super::events::insert_events;
 use super::webhooks::{OutboxRow, enqueue_webhook};
 use super::{EventRow, Result, SlotRow, Store, StoreError};
+use super::{on_postgres, postgres};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct CaptureRow {
     pub id: String,
     pub session_id: String,
@@ -33,7 +34,7 @@ pub struct CaptureRow {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RequestRow {
     pub request_id: String,
     pub area: String,
@@ -43,33 +44,12 @@ pub struct RequestRow {
     pub capture_id: Option<String>,
 }
 
-const CAPTURE_COLUMNS: &str = "id, session_id, slot_id, area, angle, note, source, request_id, mime, \
+pub(crate) const CAPTURE_COLUMNS: &str = "id, session_id, slot_id, area, angle, note, source, request_id, mime, \
      width, height, bytes, sha256, sharpness, brightness, warnings, uploaded_by, idempotency_key, \
      request_hash, created_at";
 
 fn capture_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<CaptureRow> {
-    Ok(CaptureRow {
-        id: r.try_get("id")?,
-        session_id: r.try_get("session_id")?,
-        slot_id: r.try_get("slot_id")?,
-        area: r.try_get("area")?,
-        angle: r.try_get("angle")?,
-        note: r.try_get("note")?,
-        source: r.try_get("source")?,
-        request_id: r.try_get("request_id")?,
-        mime: r.try_get("mime")?,
-        width: r.try_get("width")?,
-        height: r.try_get("height")?,
-        bytes: r.try_get("bytes")?,
-        sha256: r.try_get("sha256")?,
-        sharpness: r.try_get("sharpness")?,
-        brightness: r.try_get("brightness")?,
-        warnings: r.try_get("warnings")?,
-        uploaded_by: r.try_get("uploaded_by")?,
-        idempotency_key: r.try_get("idempotency_key")?,
-        request_hash: r.try_get("request_hash")?,
-        created_at: r.try_get("created_at")?,
-    })
+    Ok(CaptureRow::from_row(r)?)
 }
 
 /// What one stored capture changes, written in one transaction with its events.
@@ -83,10 +63,11 @@ pub struct NewCapture<'a> {
 
 impl Store {
     pub async fn get_capture(&self, id: &str) -> Result<Option<CaptureRow>> {
+        let db = on_postgres!(self, |pg| postgres::captures::get_capture(pg, id).await);
         let sql = format!("SELECT {CAPTURE_COLUMNS} FROM captures WHERE id = ?");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(&self.read)
+            .fetch_optional(&db.read)
             .await
             .map_err(StoreError::classify)?;
         row.as_ref().map(capture_from_row).transpose()
@@ -97,13 +78,17 @@ impl Store {
         session_id: &str,
         key: &str,
     ) -> Result<Option<CaptureRow>> {
+        let db = on_postgres!(self, |pg| postgres::captures::capture_by_idempotency_key(
+            pg, session_id, key
+        )
+        .await);
         let sql = format!(
             "SELECT {CAPTURE_COLUMNS} FROM captures WHERE session_id = ? AND idempotency_key = ?"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(session_id)
             .bind(key)
-            .fetch_optional(&self.write)
+            .fetch_optional(&db.write)
             .await
             .map_err(StoreError::classify)?;
         row.as_ref().map(capture_from_row).transpose()
@@ -111,12 +96,14 @@ impl Store {
 
     /// A session's captures, oldest first; [`StoreError::Purged`] once retention deleted them.
     pub async fn list_captures(&self, session_id: &str) -> Result<Vec<CaptureRow>> {
+        let db = on_postgres!(self, |pg| postgres::captures::list_captures(pg, session_id)
+            .await);
         let sql = format!(
             "SELECT {CAPTURE_COLUMNS} FROM captures WHERE session_id = ? ORDER BY created_at, id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(session_id)
-            .fetch_all(&self.read)
+            .fetch_all(&db.read)
             .await
             .map_err(StoreError::classify)?;
         // A purge deletes every capture row of its session, so only an empty list may be a purge.
@@ -127,9 +114,11 @@ impl Store {
     }
 
     pub async fn capture_count(&self, session_id: &str) -> Result<u64> {
+        let db = on_postgres!(self, |pg| postgres::captures::capture_count(pg, session_id)
+            .await);
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM captures WHERE session_id = ?")
             .bind(session_id)
-            .fetch_one(&self.read)
+            .fetch_one(&db.read)
             .await
             .map_err(StoreError::classify)?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -137,8 +126,9 @@ impl Store {
 
     /// Every content hash some capture names (for the start-up sweep of orphaned files).
     pub async fn capture_hashes(&self) -> Result<HashSet<String>> {
+        let db = on_postgres!(self, |pg| postgres::captures::capture_hashes(pg).await);
         let rows = sqlx::query("SELECT DISTINCT sha256 FROM captures")
-            .fetch_all(&self.read)
+            .fetch_all(&db.read)
             .await
             .map_err(StoreError::classify)?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
@@ -146,9 +136,10 @@ impl Store {
 
     /// Is this content named by any capture other than `except_id`?
     pub async fn hash_in_use(&self, sha256: &str) -> Result<bool> {
+        let db = on_postgres!(self, |pg| postgres::captures::hash_in_use(pg, sha256).await);
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM captures WHERE sha256 = ?")
             .bind(sha256)
-            .fetch_one(&self.write)
+            .fetch_one(&db.write)
             .await
             .map_err(StoreError::classify)?;
         Ok(n > 0)
@@ -161,6 +152,10 @@ impl Store {
         r: &RequestRow,
         now: i64,
     ) -> Result<()> {
+        let db = on_postgres!(self, |pg| postgres::captures::record_capture_request(
+            pg, session_id, r, now
+        )
+        .await);
         sqlx::query(
             "INSERT OR IGNORE INTO capture_requests \
              (session_id, request_id, area, angle, slot_id, status, created_at) \
@@ -172,7 +167,7 @@ impl Store {
         .bind(&r.angle)
         .bind(&r.slot_id)
         .bind(now)
-        .execute(&self.write)
+        .execute(&db.write)
         .await
         .map_err(StoreError::classify)?;
         Ok(())
@@ -183,32 +178,30 @@ impl Store {
         session_id: &str,
         request_id: &str,
     ) -> Result<Option<RequestRow>> {
+        let db = on_postgres!(self, |pg| postgres::captures::capture_request(
+            pg, session_id, request_id
+        )
+        .await);
         let row = sqlx::query(
             "SELECT request_id, area, angle, slot_id, status, capture_id FROM capture_requests \
              WHERE session_id = ? AND request_id = ?",
         )
         .bind(session_id)
         .bind(request_id)
-        .fetch_optional(&self.write)
+        .fetch_optional(&db.write)
         .await
         .map_err(StoreError::classify)?;
         match row {
             None => Ok(None),
-            Some(r) => Ok(Some(RequestRow {
-                request_id: r.try_get(0)?,
-                area: r.try_get(1)?,
-                angle: r.try_get(2)?,
-                slot_id: r.try_get(3)?,
-                status: r.try_get(4)?,
-                capture_id: r.try_get(5)?,
-            })),
+            Some(r) => Ok(Some(RequestRow::from_row(&r)?)),
         }
     }
 
     /// Inserts a capture, fills its slot, fulfils its request and logs its events, atomically.
     pub async fn insert_capture(&self, new: &NewCapture<'_>) -> Result<()> {
+        let db = on_postgres!(self, |pg| postgres::captures::insert_capture(pg, new).await);
         let c = new.capture;
-        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         let sql = format!(
             "INSERT INTO captures ({CAPTURE_COLUMNS}) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -281,7 +274,11 @@ impl Store {
         slot: &SlotRow,
         events: &[EventRow],
     ) -> Result<()> {
-        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let db = on_postgres!(self, |pg| postgres::captures::insert_slot_with_events(
+            pg, session_id, slot, events
+        )
+        .await);
+        let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         super::sessions::insert_slot(&mut tx, session_id, slot).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await.map_err(StoreError::classify)

@@ -7,6 +7,7 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Result, Store, StoreError};
+use super::{on_postgres, postgres};
 
 /// One durable event for one recipient. `body` is the exact JSON text the recipient is sent.
 #[derive(Debug, Clone)]
@@ -124,8 +125,15 @@ pub struct Appender {
 /// Batches taken into one transaction at the most.
 const MAX_GROUP: usize = 512;
 
+/// The database connection the appender writes through.
+pub(super) enum Writer {
+    /// The one writer connection of the SQLite file.
+    Sqlite(SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
 impl Appender {
-    pub(super) fn start(pool: SqlitePool) -> Self {
+    pub(super) fn start(writer: Writer) -> Self {
         let (tx, mut rx) = mpsc::channel::<Batch>(4096);
         tokio::spawn(async move {
             let mut group = Vec::with_capacity(64);
@@ -139,7 +147,7 @@ impl Appender {
                         .iter()
                         .map(|b: &Batch| b.chain.as_ref().is_some_and(|c| c.is_broken())),
                 );
-                let outcome = write_group(&pool, &group, &skip)
+                let outcome = write_group(&writer, &group, &skip)
                     .await
                     .map_err(|e| Failure::of(&e));
                 if outcome.is_err() {
@@ -272,7 +280,7 @@ async fn linger_for_marks(rx: &mut mpsc::Receiver<Batch>, group: &mut Vec<Batch>
     }
 }
 
-async fn write_group(pool: &SqlitePool, group: &[Batch], skip: &[bool]) -> Result<()> {
+async fn write_group(writer: &Writer, group: &[Batch], skip: &[bool]) -> Result<()> {
     let mut rows = Vec::new();
     let mut marks = Vec::new();
     for (batch, _) in group.iter().zip(skip).filter(|(_, s)| !**s) {
@@ -299,6 +307,12 @@ async fn write_group(pool: &SqlitePool, group: &[Batch], skip: &[bool]) -> Resul
             }
         })
         .collect();
+    let pool = match writer {
+        Writer::Sqlite(pool) => pool,
+        Writer::Postgres(pg) => {
+            return super::postgres::events::write_group(pg, &rows, &marks).await;
+        }
+    };
     if rows.is_empty() {
         return write_marks(pool, &marks).await;
     }
@@ -341,13 +355,13 @@ async fn write_marks(pool: &SqlitePool, marks: &[RowRef<'_>]) -> Result<()> {
 }
 
 /// An event row as written, borrowed (a seq mark is a row with an empty body).
-struct RowRef<'a> {
-    session_id: &'a str,
-    role: &'static str,
-    seq: i64,
-    kind: &'static str,
-    body: &'a str,
-    created_at: i64,
+pub(crate) struct RowRef<'a> {
+    pub session_id: &'a str,
+    pub role: &'static str,
+    pub seq: i64,
+    pub kind: &'static str,
+    pub body: &'a str,
+    pub created_at: i64,
 }
 
 impl<'a> From<&'a EventRow> for RowRef<'a> {
@@ -408,10 +422,11 @@ async fn insert_rows(
 impl Store {
     /// The highest seq issued to each role of a session (0 where none).
     pub async fn last_seqs(&self, session_id: &str) -> Result<(i64, i64)> {
+        let db = on_postgres!(self, |pg| postgres::events::last_seqs(pg, session_id).await);
         let rows =
             sqlx::query("SELECT role, MAX(seq) FROM events WHERE session_id = ? GROUP BY role")
                 .bind(session_id)
-                .fetch_all(&self.read)
+                .fetch_all(&db.read)
                 .await
                 .map_err(StoreError::classify)?;
         let (mut agent, mut customer) = (0, 0);
@@ -435,6 +450,10 @@ impl Store {
         after: i64,
         upto: i64,
     ) -> Result<Vec<(i64, String)>> {
+        let db = on_postgres!(self, |pg| postgres::events::events_between(
+            pg, session_id, role, after, upto
+        )
+        .await);
         let rows = sqlx::query(
             "SELECT seq, body FROM events WHERE session_id = ? AND role = ? AND seq > ? AND seq <= ? \
              AND kind <> 'signal' ORDER BY seq",
@@ -443,7 +462,7 @@ impl Store {
         .bind(role)
         .bind(after)
         .bind(upto)
-        .fetch_all(&self.read)
+        .fetch_all(&db.read)
         .await
         .map_err(StoreError::classify)?;
         rows.iter()
@@ -463,7 +482,7 @@ mod tests {
              VALUES (?, 'CLM-1', 'active', 'salt', 0, 9000000000000)",
         )
         .bind(id)
-        .execute(&store.write)
+        .execute(store.sqlite_writer())
         .await
         .unwrap();
         store
@@ -518,7 +537,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&store.write)
+            .fetch_one(store.sqlite_writer())
             .await
             .unwrap();
         assert_eq!(sync, 2, "FULL");

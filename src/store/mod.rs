@@ -10,6 +10,7 @@ pub mod admin;
 pub mod api_keys;
 pub mod captures;
 pub mod events;
+pub mod postgres;
 pub mod retention;
 pub mod sessions;
 pub mod webhooks;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
+use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use events::{Appender, EventRow};
@@ -30,6 +32,9 @@ pub enum StoreError {
     /// Another writer holds the database lock longer than `busy_timeout`: retry later.
     #[error("database busy: {0}")]
     Busy(String),
+    /// Another node holds the PostgreSQL database (see [`Store::claim_node`]).
+    #[error("another CaptureLink node is serving from this database")]
+    Claimed,
     /// The disk holding the database is full (SQLITE_FULL): retry once space is freed.
     #[error("database disk full: {0}")]
     Full(String),
@@ -49,15 +54,36 @@ pub enum StoreError {
 
 impl StoreError {
     /// Sorts a sqlx error into "busy, try again", "disk full" and the rest.
+    ///
+    /// SQLite reports numeric result codes (5 BUSY, 6 LOCKED, 517 BUSY_SNAPSHOT, 13 FULL);
+    /// PostgreSQL reports SQLSTATEs (40001 serialization failure, 40P01 deadlock, 55P03 lock not
+    /// available, 53100 disk full, 53200 out of memory, class 08 connection failures, 57P0x
+    /// a server shutting down or a connection killed, 55000 a database refusing connections).
+    /// A PostgreSQL server that cannot be reached is "busy" too: the request may succeed once it
+    /// is back.
     pub(crate) fn classify(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::PoolTimedOut => StoreError::Busy(e.to_string()),
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => StoreError::Busy(e.to_string()),
             sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517")) =>
+                if matches!(
+                    db.code().as_deref(),
+                    Some(
+                        "5" | "6"
+                            | "517"
+                            | "40001"
+                            | "40P01"
+                            | "55P03"
+                            | "55000"
+                            | "57P01"
+                            | "57P02"
+                            | "57P03"
+                            | "53200"
+                    )
+                ) || db.code().is_some_and(|c| c.starts_with("08")) =>
             {
                 StoreError::Busy(e.to_string())
             }
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("13") => {
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("13" | "53100")) => {
                 StoreError::Full(e.to_string())
             }
             _ => StoreError::Db(e),
@@ -67,15 +93,60 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The service's database: the embedded SQLite file (the default) or a PostgreSQL server shared
+/// by several nodes (`--database-url postgres://…`). Every method means the same on both; the
+/// SQL of each lives side by side, SQLite's in this module's files and PostgreSQL's in
+/// [`postgres`].
 #[derive(Clone)]
 pub struct Store {
+    backend: Backend,
+    appender: Appender,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// Behind an Arc: every live room holds a clone of the store.
+    Sqlite(Arc<Sqlite>),
+    Postgres(Arc<Postgres>),
+}
+
+struct Postgres {
+    pool: PgPool,
+    /// The connection holding this node's claim on the database (see [`Store::claim_node`]).
+    claim: tokio::sync::Mutex<Claim>,
+}
+
+#[derive(Default)]
+enum Claim {
+    /// Not asked for (an operator's command beside the service).
+    #[default]
+    None,
+    Held(sqlx::PgConnection),
+    /// The connection holding it was lost (the server restarted, or the connection was killed):
+    /// taken again by the next readiness check, if no other node has taken it meanwhile.
+    Lost,
+}
+
+struct Sqlite {
     write: SqlitePool,
     read: SqlitePool,
-    appender: Appender,
-    /// For the readiness probe's own short-lived connection. Behind an Arc: the options are a few
-    /// hundred bytes and a map, and every live room holds a clone of the store.
-    probe_opts: Arc<SqliteConnectOptions>,
+    /// For the readiness probe's own short-lived connection.
+    probe_opts: SqliteConnectOptions,
 }
+
+/// Hands a method to the PostgreSQL store, or gives the SQLite pools to the rest of its body.
+macro_rules! on_postgres {
+    ($store:expr, |$pg:ident| $call:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Postgres(pg) => {
+                let $pg = &pg.pool;
+                return $call;
+            }
+            $crate::store::Backend::Sqlite(db) => db,
+        }
+    };
+}
+pub(crate) use on_postgres;
 
 pub const DB_FILE: &str = "capturelink.db";
 /// How long a write waits for a lock held elsewhere, unless configured otherwise.
@@ -112,13 +183,92 @@ impl Store {
             .connect_with(opts.clone().read_only(true))
             .await
             .map_err(StoreError::classify)?;
-        let appender = Appender::start(write.clone());
+        let appender = Appender::start(events::Writer::Sqlite(write.clone()));
         Ok(Self {
-            write,
-            read,
+            backend: Backend::Sqlite(Arc::new(Sqlite {
+                write,
+                read,
+                probe_opts: opts.busy_timeout(Duration::from_millis(500)),
+            })),
             appender,
-            probe_opts: Arc::new(opts.busy_timeout(Duration::from_millis(500))),
         })
+    }
+
+    /// Connects to PostgreSQL (`postgres://…`) and runs its migrations (`migrations/postgres/`).
+    pub async fn open_postgres(url: &str) -> Result<Self> {
+        let pool = postgres::connect(url).await?;
+        let appender = Appender::start(events::Writer::Postgres(pool.clone()));
+        Ok(Self {
+            backend: Backend::Postgres(Arc::new(Postgres {
+                pool,
+                claim: tokio::sync::Mutex::new(Claim::None),
+            })),
+            appender,
+        })
+    }
+
+    /// Claims the database for this node, for as long as the store is open. A room numbers its
+    /// events in this node's memory, so two nodes serving the same sessions would number them
+    /// twice; until numbering moves into the database and nodes share live events over a bus,
+    /// a second node on the same PostgreSQL database refuses to start. A no-op on SQLite, whose
+    /// file the service already holds alone.
+    pub async fn claim_node(&self) -> Result<()> {
+        let Backend::Postgres(pg) = &self.backend else {
+            return Ok(());
+        };
+        let mut claim = pg.claim.lock().await;
+        if !matches!(*claim, Claim::Held(_)) {
+            *claim = Claim::Held(postgres::claim_node(&pg.pool).await?);
+        }
+        Ok(())
+    }
+
+    /// On PostgreSQL, checks that the claim of a serving node still holds, and takes it again
+    /// when its connection was lost. Fails with [`StoreError::Claimed`] when another node took
+    /// it meanwhile: the readiness check then fails, and the load balancer stops sending here.
+    async fn check_claim(&self) -> Result<()> {
+        let Backend::Postgres(pg) = &self.backend else {
+            return Ok(());
+        };
+        let mut claim = pg.claim.lock().await;
+        if let Claim::Held(conn) = &mut *claim {
+            use sqlx::Connection;
+            if conn.ping().await.is_ok() {
+                return Ok(());
+            }
+            tracing::warn!("the connection holding this node's claim on the database was lost");
+            *claim = Claim::Lost;
+        }
+        if matches!(*claim, Claim::Lost) {
+            *claim = Claim::Held(postgres::claim_node(&pg.pool).await?);
+            tracing::info!("this node's claim on the database is held again");
+        }
+        Ok(())
+    }
+
+    /// The SQLite store in `data_dir`, or PostgreSQL when `database_url` is given.
+    pub async fn open_configured(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        busy_timeout: Duration,
+    ) -> Result<Self> {
+        match database_url {
+            Some(url) => Self::open_postgres(url).await,
+            None => Self::open_with(data_dir, busy_timeout).await,
+        }
+    }
+
+    /// Which database this is, for logs and the health report.
+    pub fn describe(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// True on the embedded SQLite file (backups, restore and `inspect` work on that file only).
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self.backend, Backend::Sqlite(_))
     }
 
     /// Can the database take a write now? Takes the write lock (`BEGIN IMMEDIATE`) on a
@@ -127,7 +277,9 @@ impl Store {
     /// cannot be written.
     pub async fn check_writable(&self) -> Result<()> {
         use sqlx::{ConnectOptions, Connection};
-        let mut conn = self
+        self.check_claim().await?;
+        let db = on_postgres!(self, |pg| postgres::check_writable(pg).await);
+        let mut conn = db
             .probe_opts
             .connect()
             .await
@@ -143,14 +295,34 @@ impl Store {
         outcome
     }
 
+    /// The SQLite writer, for unit tests that set up rows or read the connection's settings.
+    #[cfg(test)]
+    pub(crate) fn sqlite_writer(&self) -> &SqlitePool {
+        match &self.backend {
+            Backend::Sqlite(db) => &db.write,
+            Backend::Postgres(_) => panic!("a SQLite store"),
+        }
+    }
+
     pub fn appender(&self) -> &Appender {
         &self.appender
     }
 
     pub async fn close(&self) {
         self.appender.flush().await;
-        self.write.close().await;
-        self.read.close().await;
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                db.write.close().await;
+                db.read.close().await;
+            }
+            Backend::Postgres(pg) => {
+                if let Claim::Held(conn) = std::mem::take(&mut *pg.claim.lock().await) {
+                    use sqlx::Connection;
+                    let _ = conn.close().await;
+                }
+                pg.pool.close().await;
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 use sqlx::Row;
 
 use super::{Result, Store, StoreError};
+use super::{on_postgres, postgres};
 
 /// Content a purged session's captures named: (sha256 hex, mime).
 pub type PurgedContent = Vec<(String, String)>;
@@ -16,6 +17,10 @@ impl Store {
     /// Sessions that ended (closed, or expired) at or before `cutoff` and still hold their data,
     /// oldest first.
     pub async fn due_purges(&self, cutoff: i64, limit: u32) -> Result<Vec<String>> {
+        let db = on_postgres!(self, |pg| postgres::retention::due_purges(
+            pg, cutoff, limit
+        )
+        .await);
         // The expression matches the partial index `sessions_retention`.
         let rows = sqlx::query(
             "SELECT id FROM sessions \
@@ -24,7 +29,7 @@ impl Store {
         )
         .bind(cutoff)
         .bind(i64::from(limit))
-        .fetch_all(&self.read)
+        .fetch_all(&db.read)
         .await
         .map_err(StoreError::classify)?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
@@ -35,7 +40,9 @@ impl Store {
     /// removes once no other capture names them; None if the session was purged already (or is
     /// still open).
     pub async fn purge_session(&self, id: &str, now: i64) -> Result<Option<PurgedContent>> {
-        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let db = on_postgres!(self, |pg| postgres::retention::purge_session(pg, id, now)
+            .await);
+        let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         let marked = sqlx::query(
             "UPDATE sessions SET purged_at = ? WHERE id = ? AND purged_at IS NULL \
              AND (status IN ('closed', 'expired') OR expires_at <= ?)",
@@ -77,10 +84,12 @@ impl Store {
 
     /// When the session's data was purged; None if it was not (or there is no such session).
     pub async fn purged_at(&self, session_id: &str) -> Result<Option<i64>> {
+        let db = on_postgres!(self, |pg| postgres::retention::purged_at(pg, session_id)
+            .await);
         let at: Option<Option<i64>> =
             sqlx::query_scalar("SELECT purged_at FROM sessions WHERE id = ?")
                 .bind(session_id)
-                .fetch_optional(&self.read)
+                .fetch_optional(&db.read)
                 .await
                 .map_err(StoreError::classify)?;
         Ok(at.flatten())

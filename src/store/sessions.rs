@@ -1,10 +1,11 @@
 //! Sessions, join tokens, checklist slots and idempotency records.
 
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 
 use super::events::insert_events;
 use super::webhooks::{OutboxRow, enqueue_webhook};
 use super::{EventRow, Result, Store, StoreError};
+use super::{on_postgres, postgres};
 
 /// `created` → `active` (first join) → `closed`; `expired` when `expires_at` passes unclosed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -42,10 +43,20 @@ impl SessionStatus {
     }
 }
 
-#[derive(Debug, Clone)]
+/// The column as stored, for decoding rows.
+impl TryFrom<String> for SessionStatus {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("unknown session status {s:?}"))
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SessionRow {
     pub id: String,
     pub claim_ref: String,
+    #[sqlx(try_from = "String")]
     pub status: SessionStatus,
     pub locale: Option<String>,
     pub vehicle: Option<String>,
@@ -72,7 +83,7 @@ impl SessionRow {
 }
 
 /// One picture the checklist asks for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema, sqlx::FromRow)]
 #[schema(as = Slot)]
 pub struct SlotRow {
     /// `slot_1`, `slot_2`, … in checklist order.
@@ -109,28 +120,11 @@ pub enum Created {
     },
 }
 
-const SESSION_COLUMNS: &str = "id, claim_ref, status, locale, vehicle, customer, webhook_url, \
+pub(crate) const SESSION_COLUMNS: &str = "id, claim_ref, status, locale, vehicle, customer, webhook_url, \
      token_salt, created_at, expires_at, started_at, closed_at, closed_by";
 
 fn session_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SessionRow> {
-    let status: String = r.try_get("status")?;
-    Ok(SessionRow {
-        id: r.try_get("id")?,
-        claim_ref: r.try_get("claim_ref")?,
-        status: SessionStatus::parse(&status).ok_or_else(|| {
-            StoreError::Db(sqlx::Error::Decode(format!("status {status}").into()))
-        })?,
-        locale: r.try_get("locale")?,
-        vehicle: r.try_get("vehicle")?,
-        customer: r.try_get("customer")?,
-        webhook_url: r.try_get("webhook_url")?,
-        token_salt: r.try_get("token_salt")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        started_at: r.try_get("started_at")?,
-        closed_at: r.try_get("closed_at")?,
-        closed_by: r.try_get("closed_by")?,
-    })
+    Ok(SessionRow::from_row(r)?)
 }
 
 /// Filters and the page of a session listing; sessions come newest first.
@@ -149,12 +143,16 @@ impl Store {
         scope: &str,
         key: &str,
     ) -> Result<Option<(String, Vec<u8>)>> {
+        let db = on_postgres!(self, |pg| postgres::sessions::find_idempotent(
+            pg, scope, key
+        )
+        .await);
         let row = sqlx::query(
             "SELECT resource_id, request_hash FROM idempotency_keys WHERE scope = ? AND key = ?",
         )
         .bind(scope)
         .bind(key)
-        .fetch_optional(&self.read)
+        .fetch_optional(&db.read)
         .await
         .map_err(StoreError::classify)?;
         Ok(match row {
@@ -166,7 +164,8 @@ impl Store {
     /// Inserts a session with its tokens and slots in one transaction. With an idempotency key that
     /// was used before, inserts nothing and reports the earlier session.
     pub async fn create_session(&self, new: &NewSession) -> Result<Created> {
-        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let db = on_postgres!(self, |pg| postgres::sessions::create_session(pg, new).await);
+        let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         if let Some((scope, key, hash)) = &new.idempotency {
             let prior = sqlx::query(
                 "SELECT resource_id, request_hash FROM idempotency_keys WHERE scope = ? AND key = ?",
@@ -230,16 +229,18 @@ impl Store {
     }
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>> {
+        let db = on_postgres!(self, |pg| postgres::sessions::get_session(pg, id).await);
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(&self.read)
+            .fetch_optional(&db.read)
             .await
             .map_err(StoreError::classify)?;
         row.as_ref().map(session_from_row).transpose()
     }
 
     pub async fn list_sessions(&self, f: &ListFilter) -> Result<Vec<SessionRow>> {
+        let db = on_postgres!(self, |pg| postgres::sessions::list_sessions(pg, f).await);
         let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE 1 = 1");
         if f.status.is_some() {
             sql.push_str(" AND status = ?");
@@ -263,7 +264,7 @@ impl Store {
         }
         let rows = q
             .bind(i64::from(f.limit))
-            .fetch_all(&self.read)
+            .fetch_all(&db.read)
             .await
             .map_err(StoreError::classify)?;
         rows.iter().map(session_from_row).collect()
@@ -274,6 +275,10 @@ impl Store {
         &self,
         token_hash: &[u8],
     ) -> Result<Option<(SessionRow, String)>> {
+        let db = on_postgres!(self, |pg| postgres::sessions::session_by_token(
+            pg, token_hash
+        )
+        .await);
         let sql = format!(
             "SELECT s.{}, t.role AS token_role FROM join_tokens t JOIN sessions s ON s.id = t.session_id \
              WHERE t.token_hash = ?",
@@ -281,7 +286,7 @@ impl Store {
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(token_hash)
-            .fetch_optional(&self.read)
+            .fetch_optional(&db.read)
             .await
             .map_err(StoreError::classify)?;
         match row {
@@ -291,33 +296,26 @@ impl Store {
     }
 
     pub async fn slots(&self, session_id: &str) -> Result<Vec<SlotRow>> {
+        let db = on_postgres!(self, |pg| postgres::sessions::slots(pg, session_id).await);
         let rows = sqlx::query(
             "SELECT id, position, area, angle, label, status, capture_id FROM checklist_slots \
              WHERE session_id = ? ORDER BY position",
         )
         .bind(session_id)
-        .fetch_all(&self.read)
+        .fetch_all(&db.read)
         .await
         .map_err(StoreError::classify)?;
-        rows.iter()
-            .map(|r| {
-                Ok(SlotRow {
-                    id: r.try_get(0)?,
-                    position: r.try_get(1)?,
-                    area: r.try_get(2)?,
-                    angle: r.try_get(3)?,
-                    label: r.try_get(4)?,
-                    status: r.try_get(5)?,
-                    capture_id: r.try_get(6)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(SlotRow::from_row(r)?)).collect()
     }
 
     /// `created` -> `active` on the first join, with its webhook rows; false if the session was
     /// already past `created` (then nothing is written).
     pub async fn mark_active(&self, id: &str, now: i64, outbox: &[OutboxRow]) -> Result<bool> {
-        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let db = on_postgres!(self, |pg| postgres::sessions::mark_active(
+            pg, id, now, outbox
+        )
+        .await);
+        let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         let done = sqlx::query(
             "UPDATE sessions SET status = 'active', started_at = ? WHERE id = ? AND status = 'created'",
         )
@@ -347,8 +345,12 @@ impl Store {
         events: &[EventRow],
         outbox: &[OutboxRow],
     ) -> Result<bool> {
+        let db = on_postgres!(self, |pg| postgres::sessions::end_session(
+            pg, id, status, now, by, events, outbox
+        )
+        .await);
         debug_assert!(!status.is_open());
-        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         let done = sqlx::query(
             "UPDATE sessions SET status = ?, closed_at = ?, closed_by = ? \
              WHERE id = ? AND status IN ('created', 'active')",
@@ -373,13 +375,15 @@ impl Store {
 
     /// Open sessions whose expiry has passed.
     pub async fn due_expiries(&self, now: i64, limit: u32) -> Result<Vec<String>> {
+        let db = on_postgres!(self, |pg| postgres::sessions::due_expiries(pg, now, limit)
+            .await);
         let rows = sqlx::query(
             "SELECT id FROM sessions WHERE status IN ('created', 'active') AND expires_at <= ? \
              ORDER BY expires_at LIMIT ?",
         )
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.read)
+        .fetch_all(&db.read)
         .await
         .map_err(StoreError::classify)?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()

@@ -5,9 +5,10 @@
 //! Every update made on behalf of a delivery attempt is conditioned on the row still being
 //! `pending`, so an endpoint disabled while an attempt was in flight stays disabled.
 
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 
 use super::{Result, Store, StoreError};
+use super::{on_postgres, postgres};
 
 /// A delivery to write into the outbox. `id` is the `webhook-id` the receiver sees on every
 /// attempt; [`OutboxRow::new`] gives it a fresh `msg_<uuid v7>`.
@@ -48,7 +49,7 @@ pub fn new_message_id() -> String {
 }
 
 /// A pending delivery whose next attempt is due.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DueWebhook {
     pub id: String,
     pub session_id: String,
@@ -61,7 +62,7 @@ pub struct DueWebhook {
 }
 
 /// The recorded state of one outbox row (for tests and operators).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxState {
     pub status: String,
     pub attempts: i64,
@@ -101,10 +102,12 @@ pub async fn enqueue_webhook(
 impl Store {
     /// Writes deliveries in a transaction of their own, for callers that hold none.
     pub async fn enqueue_webhooks(&self, rows: &[OutboxRow]) -> Result<()> {
+        let db = on_postgres!(self, |pg| postgres::webhooks::enqueue_webhooks(pg, rows)
+            .await);
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         for row in rows {
             enqueue_webhook(&mut tx, row).await?;
         }
@@ -113,6 +116,8 @@ impl Store {
 
     /// Pending deliveries due at `now`, the longest waiting first.
     pub async fn due_webhooks(&self, now: i64, limit: u32) -> Result<Vec<DueWebhook>> {
+        let db = on_postgres!(self, |pg| postgres::webhooks::due_webhooks(pg, now, limit)
+            .await);
         let rows = sqlx::query(
             "SELECT id, session_id, url, event_type, payload, created_at, attempts \
              FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= ? \
@@ -120,33 +125,23 @@ impl Store {
         )
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.read)
+        .fetch_all(&db.read)
         .await
         .map_err(StoreError::classify)?;
-        rows.iter()
-            .map(|r| {
-                Ok(DueWebhook {
-                    id: r.try_get(0)?,
-                    session_id: r.try_get(1)?,
-                    url: r.try_get(2)?,
-                    event_type: r.try_get(3)?,
-                    payload: r.try_get(4)?,
-                    created_at: r.try_get(5)?,
-                    attempts: r.try_get(6)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(DueWebhook::from_row(r)?)).collect()
     }
 
     /// The earliest `next_attempt_at` of a pending delivery later than `after`, if any: how long
     /// the dispatcher may sleep.
     pub async fn next_webhook_due(&self, after: i64) -> Result<Option<i64>> {
+        let db = on_postgres!(self, |pg| postgres::webhooks::next_webhook_due(pg, after)
+            .await);
         let row = sqlx::query(
             "SELECT MIN(next_attempt_at) FROM webhook_outbox \
              WHERE status = 'pending' AND next_attempt_at > ?",
         )
         .bind(after)
-        .fetch_one(&self.read)
+        .fetch_one(&db.read)
         .await
         .map_err(StoreError::classify)?;
         Ok(row.try_get(0)?)
@@ -160,6 +155,10 @@ impl Store {
         attempts: i64,
         status: u16,
     ) -> Result<()> {
+        let db = on_postgres!(self, |pg| postgres::webhooks::mark_delivered(
+            pg, id, now, attempts, status
+        )
+        .await);
         sqlx::query(
             "UPDATE webhook_outbox SET status = 'delivered', delivered_at = ?, attempts = ?, \
              last_status = ?, last_error = NULL WHERE id = ?",
@@ -168,7 +167,7 @@ impl Store {
         .bind(attempts)
         .bind(i64::from(status))
         .bind(id)
-        .execute(&self.write)
+        .execute(&db.write)
         .await
         .map_err(StoreError::classify)?;
         Ok(())
@@ -183,6 +182,15 @@ impl Store {
         status: Option<u16>,
         error: Option<&str>,
     ) -> Result<()> {
+        let db = on_postgres!(self, |pg| postgres::webhooks::mark_retry(
+            pg,
+            id,
+            next_attempt_at,
+            attempts,
+            status,
+            error
+        )
+        .await);
         sqlx::query(
             "UPDATE webhook_outbox SET next_attempt_at = ?, attempts = ?, last_status = ?, \
              last_error = ? WHERE id = ? AND status = 'pending'",
@@ -192,7 +200,7 @@ impl Store {
         .bind(status.map(i64::from))
         .bind(error)
         .bind(id)
-        .execute(&self.write)
+        .execute(&db.write)
         .await
         .map_err(StoreError::classify)?;
         Ok(())
@@ -206,6 +214,10 @@ impl Store {
         status: Option<u16>,
         error: Option<&str>,
     ) -> Result<()> {
+        let db = on_postgres!(self, |pg| postgres::webhooks::mark_failed(
+            pg, id, attempts, status, error
+        )
+        .await);
         sqlx::query(
             "UPDATE webhook_outbox SET status = 'failed', attempts = ?, last_status = ?, \
              last_error = ? WHERE id = ? AND status = 'pending'",
@@ -214,7 +226,7 @@ impl Store {
         .bind(status.map(i64::from))
         .bind(error)
         .bind(id)
-        .execute(&self.write)
+        .execute(&db.write)
         .await
         .map_err(StoreError::classify)?;
         Ok(())
@@ -223,7 +235,11 @@ impl Store {
     /// The endpoint answered 410 Gone: remember it and mark its pending deliveries `disabled`.
     /// Returns how many pending deliveries were dropped.
     pub async fn disable_endpoint(&self, url: &str, now: i64) -> Result<u64> {
-        let mut tx = self.write.begin().await.map_err(StoreError::classify)?;
+        let db = on_postgres!(self, |pg| postgres::webhooks::disable_endpoint(
+            pg, url, now
+        )
+        .await);
+        let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         sqlx::query("INSERT OR IGNORE INTO webhook_disabled (url, disabled_at) VALUES (?, ?)")
             .bind(url)
             .bind(now)
@@ -242,33 +258,25 @@ impl Store {
     }
 
     pub async fn is_disabled(&self, url: &str) -> Result<bool> {
+        let db = on_postgres!(self, |pg| postgres::webhooks::is_disabled(pg, url).await);
         let row = sqlx::query("SELECT 1 FROM webhook_disabled WHERE url = ?")
             .bind(url)
-            .fetch_optional(&self.read)
+            .fetch_optional(&db.read)
             .await
             .map_err(StoreError::classify)?;
         Ok(row.is_some())
     }
 
     pub async fn webhook_state(&self, id: &str) -> Result<Option<OutboxState>> {
+        let db = on_postgres!(self, |pg| postgres::webhooks::webhook_state(pg, id).await);
         let row = sqlx::query(
             "SELECT status, attempts, next_attempt_at, last_status, last_error, delivered_at \
              FROM webhook_outbox WHERE id = ?",
         )
         .bind(id)
-        .fetch_optional(&self.read)
+        .fetch_optional(&db.read)
         .await
         .map_err(StoreError::classify)?;
-        row.map(|r| {
-            Ok(OutboxState {
-                status: r.try_get(0)?,
-                attempts: r.try_get(1)?,
-                next_attempt_at: r.try_get(2)?,
-                last_status: r.try_get(3)?,
-                last_error: r.try_get(4)?,
-                delivered_at: r.try_get(5)?,
-            })
-        })
-        .transpose()
+        row.map(|r| Ok(OutboxState::from_row(&r)?)).transpose()
     }
 }

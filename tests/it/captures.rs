@@ -12,8 +12,7 @@ use image::{ExtendedColorType, ImageEncoder, Rgb, RgbImage};
 use reqwest::{Response, StatusCode, header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -210,15 +209,8 @@ async fn assert_problem(res: Response, status: u16, code: &str) -> Value {
     body
 }
 
-async fn db(srv: &TestServer) -> SqliteConnection {
-    let opts = SqliteConnectOptions::new()
-        .filename(srv.data_dir.join("capturelink.db"))
-        .read_only(true);
-    SqliteConnection::connect_with(&opts).await.unwrap()
-}
-
 async fn capture_rows(srv: &TestServer) -> i64 {
-    let mut conn = db(srv).await;
+    let mut conn = srv.db().await;
     sqlx::query("SELECT COUNT(*) FROM captures")
         .fetch_one(&mut conn)
         .await
@@ -429,11 +421,11 @@ async fn api_key_upload_is_stored_exactly_and_served_back() {
     assert_eq!(std::fs::read(&path).expect("original on disk"), bytes);
     assert_eq!(media_files(&srv), (1, 1, 0));
 
-    // And in SQLite.
-    let mut conn = db(&srv).await;
+    // And in the database.
+    let mut conn = srv.db().await;
     let row = sqlx::query(
         "SELECT session_id, sha256, bytes, width, height, mime, area, angle, slot_id \
-         FROM captures WHERE id = ?",
+         FROM captures WHERE id = $1",
     )
     .bind(&id)
     .fetch_one(&mut conn)
@@ -702,9 +694,9 @@ async fn an_idempotent_retry_returns_the_same_capture_once() {
     let created = agent.expect("capture.created").await;
     assert_eq!(created["capture"]["id"], first["id"]);
     agent.expect_silence(Duration::from_millis(500)).await;
-    let mut conn = db(&srv).await;
+    let mut conn = srv.db().await;
     let events: i64 = sqlx::query(
-        "SELECT COUNT(*) FROM events WHERE session_id = ? AND kind = 'capture.created'",
+        "SELECT COUNT(*) FROM events WHERE session_id = $1 AND kind = 'capture.created'",
     )
     .bind(&s.id)
     .fetch_one(&mut conn)
@@ -853,9 +845,9 @@ async fn the_customer_uploads_only_for_a_pending_request() {
     );
     assert_eq!(agent.expect("capture.created").await["capture"], c);
     assert_eq!(customer.expect("capture.created").await["capture"], c);
-    let mut conn = db(&srv).await;
+    let mut conn = srv.db().await;
     let row = sqlx::query(
-        "SELECT status, capture_id FROM capture_requests WHERE session_id = ? AND request_id = 'r1'",
+        "SELECT status, capture_id FROM capture_requests WHERE session_id = $1 AND request_id = 'r1'",
     )
     .bind(&s.id)
     .fetch_one(&mut conn)

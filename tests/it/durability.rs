@@ -29,7 +29,13 @@ impl Proc {
 
     /// [`Proc::start`] with more flags for `serve`.
     pub(crate) async fn start_with_args(dir: &std::path::Path, port: u16, extra: &[&str]) -> Proc {
-        let child = Command::new(env!("CARGO_BIN_EXE_capturelink"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_capturelink"));
+        // On the suite's PostgreSQL pass, the dir's database is on the test server.
+        if let Some(url) = settings(dir).database_url {
+            ensure_database(&url).await;
+            command.env("CAPTURELINK_DATABASE_URL", url);
+        }
+        let child = command
             .args([
                 "serve",
                 "--listen",

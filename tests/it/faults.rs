@@ -1315,15 +1315,7 @@ async fn webhooks_survive_a_receiver_down_across_a_kill_9_delivered_once_each() 
     // The receiver comes up.
     let hits = receiver_on(receiver_port).await;
     // What the outbox holds is what must arrive: read it from the database itself.
-    let mut db = {
-        use sqlx::ConnectOptions;
-        sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(dir.path().join(capturelink::store::DB_FILE))
-            .read_only(true)
-            .connect()
-            .await
-            .unwrap()
-    };
+    let mut db = db_at(dir.path(), settings(dir.path()).database_url.as_deref()).await;
     let outbox: Vec<(String, String)> =
         sqlx::query_as("SELECT id, event_type FROM webhook_outbox ORDER BY created_at, id")
             .fetch_all(&mut db)

@@ -15,6 +15,7 @@ mod openapi;
 mod ops;
 mod pages;
 mod pairing;
+mod postgres;
 mod protocol;
 mod sessions_api;
 mod tls;

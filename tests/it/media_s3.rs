@@ -14,7 +14,6 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::Connection;
 
 use crate::support::*;
 
@@ -190,9 +189,7 @@ async fn close(srv: &TestServer, session_id: &str) {
 }
 
 async fn capture_count(srv: &TestServer) -> i64 {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(srv.data_dir.join(capturelink::store::DB_FILE));
-    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    let mut conn = srv.db().await;
     sqlx::query_scalar("SELECT COUNT(*) FROM captures")
         .fetch_one(&mut conn)
         .await
@@ -305,10 +302,10 @@ async fn retention_removes_the_objects_and_the_sweep_spares_young_ones() {
         .await
         .unwrap();
 
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(srv.data_dir.join(capturelink::store::DB_FILE));
-    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-    sqlx::query("UPDATE sessions SET closed_at = closed_at - 31 * 86400000 WHERE id = ?")
+    let mut conn = srv.db().await;
+    sqlx::query(
+        "UPDATE sessions SET closed_at = closed_at - CAST(31 * 86400 AS BIGINT) * 1000 WHERE id = $1",
+    )
         .bind(&s.id)
         .execute(&mut conn)
         .await

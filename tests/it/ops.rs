@@ -95,7 +95,7 @@ async fn db(data_dir: &Path) -> SqliteConnection {
     SqliteConnection::connect_with(&opts).await.unwrap()
 }
 
-async fn count(conn: &mut SqliteConnection, sql: &str, session_id: &str) -> i64 {
+async fn count(conn: &mut sqlx::AnyConnection, sql: &str, session_id: &str) -> i64 {
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(session_id)
         .fetch_one(conn)
@@ -377,8 +377,8 @@ async fn retention_purges_an_old_closed_sessions_images_and_events() {
     assert!(media.original_path(&only_old_sha, "jpg").exists());
 
     // Closed 31 days ago, by the clock of its row.
-    let mut conn = db(&srv.data_dir).await;
-    sqlx::query("UPDATE sessions SET closed_at = closed_at - 31 * 86400000 WHERE id = ?")
+    let mut conn = srv.db().await;
+    sqlx::query("UPDATE sessions SET closed_at = closed_at - CAST(31 * 86400 AS BIGINT) * 1000 WHERE id = $1")
         .bind(&old)
         .execute(&mut conn)
         .await
@@ -386,7 +386,7 @@ async fn retention_purges_an_old_closed_sessions_images_and_events() {
     assert!(
         count(
             &mut conn,
-            "SELECT COUNT(*) FROM events WHERE session_id = ?",
+            "SELECT COUNT(*) FROM events WHERE session_id = $1",
             &old
         )
         .await
@@ -395,7 +395,7 @@ async fn retention_purges_an_old_closed_sessions_images_and_events() {
     assert!(
         count(
             &mut conn,
-            "SELECT COUNT(*) FROM webhook_outbox WHERE session_id = ?",
+            "SELECT COUNT(*) FROM webhook_outbox WHERE session_id = $1",
             &old
         )
         .await
@@ -439,16 +439,16 @@ async fn retention_purges_an_old_closed_sessions_images_and_events() {
         );
     }
     for sql in [
-        "SELECT COUNT(*) FROM events WHERE session_id = ?",
-        "SELECT COUNT(*) FROM webhook_outbox WHERE session_id = ?",
-        "SELECT COUNT(*) FROM captures WHERE session_id = ?",
+        "SELECT COUNT(*) FROM events WHERE session_id = $1",
+        "SELECT COUNT(*) FROM webhook_outbox WHERE session_id = $1",
+        "SELECT COUNT(*) FROM captures WHERE session_id = $1",
     ] {
         assert_eq!(count(&mut conn, sql, &old).await, 0, "{sql}");
     }
     assert_eq!(
         count(
             &mut conn,
-            "SELECT COUNT(*) FROM sessions WHERE id = ? AND purged_at IS NOT NULL",
+            "SELECT COUNT(*) FROM sessions WHERE id = $1 AND purged_at IS NOT NULL",
             &old
         )
         .await,
@@ -466,7 +466,7 @@ async fn retention_purges_an_old_closed_sessions_images_and_events() {
     assert!(
         count(
             &mut conn,
-            "SELECT COUNT(*) FROM events WHERE session_id = ?",
+            "SELECT COUNT(*) FROM events WHERE session_id = $1",
             &recent
         )
         .await

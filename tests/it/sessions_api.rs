@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use reqwest::{RequestBuilder, Response, StatusCode, header};
 use serde_json::{Value, json};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -106,14 +105,7 @@ fn default_slots() -> Vec<(String, String)> {
         .collect()
 }
 
-async fn db(srv: &TestServer) -> SqliteConnection {
-    let opts = SqliteConnectOptions::new()
-        .filename(srv.data_dir.join("capturelink.db"))
-        .read_only(true);
-    SqliteConnection::connect_with(&opts).await.unwrap()
-}
-
-async fn count(conn: &mut SqliteConnection, sql: &'static str) -> i64 {
+async fn count(conn: &mut sqlx::AnyConnection, sql: &'static str) -> i64 {
     sqlx::query(sql).fetch_one(&mut *conn).await.unwrap().get(0)
 }
 
@@ -162,7 +154,7 @@ async fn create_requires_an_api_key() {
         .unwrap();
     assert_problem(res, 401, "unauthorized").await;
 
-    let mut conn = db(&srv).await;
+    let mut conn = srv.db().await;
     assert_eq!(
         count(&mut conn, "SELECT count(*) FROM sessions").await,
         1,
@@ -310,7 +302,7 @@ async fn invalid_create_bodies_are_422_with_stable_codes() {
         let p = assert_problem(res, 422, code).await;
         assert!(p["detail"].is_string(), "{body} -> {p}");
     }
-    let mut conn = db(&srv).await;
+    let mut conn = srv.db().await;
     assert_eq!(count(&mut conn, "SELECT count(*) FROM sessions").await, 0);
 }
 
@@ -374,9 +366,9 @@ async fn tokens_are_long_distinct_and_stored_only_as_hashes() {
     let distinct: HashSet<&String> = all.into_iter().collect();
     assert_eq!(distinct.len(), 4, "every token is its own");
 
-    let mut conn = db(&srv).await;
+    let mut conn = srv.db().await;
     // Each session has one token row per role, and none of them is the token itself.
-    let rows = sqlx::query("SELECT token_hash, role FROM join_tokens WHERE session_id = ?")
+    let rows = sqlx::query("SELECT token_hash, role FROM join_tokens WHERE session_id = $1")
         .bind(&a.id)
         .fetch_all(&mut conn)
         .await
@@ -395,32 +387,51 @@ async fn tokens_are_long_distinct_and_stored_only_as_hashes() {
 
     // No column of any table holds a token, as text or inside a blob. (The same scan does find
     // what is stored: the session id.)
-    let tables: Vec<String> = sqlx::query(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
+    let tables_sql = if on_postgres() {
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'"
+    } else {
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    };
+    let tables: Vec<String> = sqlx::query(tables_sql)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert!(tables.iter().any(|t| t == "sessions"), "{tables:?}");
     assert!(tables.iter().any(|t| t == "join_tokens"), "{tables:?}");
+    let columns_sql = if on_postgres() {
+        "SELECT column_name::text, data_type::text FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name = $1"
+    } else {
+        "SELECT name, type FROM pragma_table_info($1)"
+    };
     let mut id_found = false;
     for table in &tables {
-        let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info(?)")
+        let columns: Vec<(String, String)> = sqlx::query(columns_sql)
             .bind(table)
             .fetch_all(&mut conn)
             .await
             .unwrap()
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
-        for column in &columns {
-            let sql = format!(
-                "SELECT count(*) FROM \"{table}\" \
-                 WHERE instr(CAST(\"{column}\" AS BLOB), CAST(? AS BLOB)) > 0"
-            );
+        for (column, kind) in &columns {
+            // The column's bytes hold the needle's bytes (a blob's too, not its hex rendering).
+            let sql = match (on_postgres(), kind.as_str()) {
+                (false, _) => format!(
+                    "SELECT count(*) FROM \"{table}\" \
+                     WHERE instr(CAST(\"{column}\" AS BLOB), CAST($1 AS BLOB)) > 0"
+                ),
+                (true, "bytea") => format!(
+                    "SELECT count(*) FROM \"{table}\" \
+                     WHERE position(convert_to($1, 'UTF8') IN \"{column}\") > 0"
+                ),
+                (true, _) => format!(
+                    "SELECT count(*) FROM \"{table}\" WHERE strpos(CAST(\"{column}\" AS TEXT), $1) > 0"
+                ),
+            };
             for needle in all.into_iter().chain([&a.id]) {
                 let hits: i64 = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                     .bind(needle.as_str())
@@ -484,7 +495,7 @@ async fn idempotency_key_replays_the_same_session() {
     assert_eq!(again["agent_url"], first["agent_url"]);
     assert_eq!(again["created_at"], first["created_at"]);
 
-    let mut conn = db(&srv).await;
+    let mut conn = srv.db().await;
     assert_eq!(count(&mut conn, "SELECT count(*) FROM sessions").await, 1);
     assert_eq!(
         count(&mut conn, "SELECT count(*) FROM join_tokens").await,
@@ -507,7 +518,7 @@ async fn idempotency_key_with_another_body_is_409() {
     let res = create_with_key(&srv, "key-1", &json!({"claim_ref": "CLM-2"})).await;
     assert_problem(res, 409, "idempotency_key_reused").await;
 
-    let mut conn = db(&srv).await;
+    let mut conn = srv.db().await;
     assert_eq!(count(&mut conn, "SELECT count(*) FROM sessions").await, 1);
 }
 
@@ -536,7 +547,7 @@ async fn different_idempotency_keys_create_different_sessions() {
     assert_eq!(ids.len(), 4);
     assert_ne!(a["agent_token"], b["agent_token"]);
 
-    let mut conn = db(&srv).await;
+    let mut conn = srv.db().await;
     assert_eq!(count(&mut conn, "SELECT count(*) FROM sessions").await, 4);
 }
 

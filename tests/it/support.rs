@@ -33,7 +33,99 @@ pub fn settings(data_dir: &Path) -> Settings {
     let mut s = Settings::with_data_dir(data_dir);
     s.listen = "127.0.0.1:0".parse().unwrap();
     s.api_keys = vec![API_KEY.to_owned()];
+    if on_postgres() {
+        s.database_url = postgres_url(data_dir);
+    }
     s
+}
+
+/// True when the suite runs on PostgreSQL instead of SQLite (`CAPTURELINK_TEST_STORE=postgres`,
+/// set by scripts/test for its second pass).
+pub fn on_postgres() -> bool {
+    std::env::var("CAPTURELINK_TEST_STORE").as_deref() == Ok("postgres")
+}
+
+/// The throwaway PostgreSQL server scripts/test started (scripts/pg-server), as the URL of its
+/// `postgres` database: `CAPTURELINK_TEST_PG_SERVER`. The tests that need one fail without it,
+/// unless `CAPTURELINK_SKIP_PG=1`, which makes this None (after a loud line).
+pub fn postgres_admin_url() -> Option<String> {
+    if let Ok(url) = std::env::var("CAPTURELINK_TEST_PG_SERVER")
+        && !url.is_empty()
+    {
+        return Some(url);
+    }
+    if std::env::var("CAPTURELINK_SKIP_PG").as_deref() == Ok("1") {
+        use std::io::Write;
+        let _ = std::io::stderr()
+            .write_all(b"\n*** SKIPPED: a PostgreSQL store test (CAPTURELINK_SKIP_PG=1) ***\n");
+        return None;
+    }
+    panic!(
+        "the PostgreSQL store tests need a PostgreSQL server: run scripts/test (which starts one \
+         with scripts/pg-server and sets CAPTURELINK_TEST_PG_SERVER), or start one yourself with \
+         `export CAPTURELINK_TEST_PG_SERVER=$(scripts/pg-server)`; CAPTURELINK_SKIP_PG=1 skips them"
+    )
+}
+
+/// A fresh database on the test server, named after `data_dir` (so that a restart on the same
+/// dir finds the same database); created by [`TestServer::start_in`].
+pub fn postgres_url(data_dir: &Path) -> Option<String> {
+    let admin = postgres_admin_url()?;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let name = format!("t_{}", hex::encode(&digest[..12]));
+    let base = admin
+        .strip_suffix("/postgres")
+        .expect("the admin URL ends in /postgres");
+    Some(format!("{base}/{name}"))
+}
+
+impl TestServer {
+    /// A connection to the server's database, as another process would open it: its SQLite
+    /// file, or its PostgreSQL database. Queries use `$1`, `$2`, … placeholders, which both
+    /// understand.
+    pub async fn db(&self) -> sqlx::AnyConnection {
+        db_at(
+            &self.data_dir,
+            self.state().settings.database_url.as_deref(),
+        )
+        .await
+    }
+}
+
+/// [`TestServer::db`] for a server run otherwise (a child process): the SQLite file in
+/// `data_dir`, or the PostgreSQL database at `database_url`.
+pub async fn db_at(data_dir: &Path, database_url: Option<&str>) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = match database_url {
+        Some(url) => url.to_owned(),
+        None => format!(
+            "sqlite://{}?mode=rw",
+            data_dir.join(capturelink::store::DB_FILE).display()
+        ),
+    };
+    sqlx::AnyConnection::connect(&url).await.unwrap()
+}
+
+/// Creates the database of `url` on the test server if it does not exist yet.
+pub async fn ensure_database(url: &str) {
+    use sqlx::Connection;
+    let admin = postgres_admin_url().unwrap();
+    let name = url.rsplit('/').next().unwrap();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("the test PostgreSQL server");
+    let created = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await;
+    match created {
+        Ok(_) => {}
+        // 42P04: duplicate_database (a restart on the same data dir).
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+        Err(e) => panic!("creating test database {name}: {e}"),
+    }
+    let _ = conn.close().await;
 }
 
 impl TestServer {
@@ -50,6 +142,9 @@ impl TestServer {
     }
 
     async fn start_in(s: Settings, tmp: Option<tempfile::TempDir>) -> Self {
+        if let Some(url) = &s.database_url {
+            ensure_database(url).await;
+        }
         let data_dir = s.data_dir.clone();
         let running = start(s).await.expect("server starts");
         Self {

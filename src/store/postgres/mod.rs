@@ -1,0 +1,123 @@
+//! The PostgreSQL store (`--database-url postgres://…`): the same operations as the SQLite store,
+//! in PostgreSQL's SQL, for several nodes sharing one database.
+//!
+//! Each function here is the body of the [`Store`](super::Store) method of the same name when the
+//! store is on PostgreSQL; the types and the meaning of each operation are documented there. The
+//! schema is `migrations/postgres/`, kept in step with the SQLite migrations one directory up.
+//!
+//! Every write that the SQLite store makes in one transaction is one transaction here too, at
+//! PostgreSQL's default READ COMMITTED: the statements that must see a row as it is at commit
+//! (a capture fulfilling a request, a session being ended) lock it with `FOR UPDATE` or change it
+//! with a conditional `UPDATE`, so two nodes racing for the same row cannot both win.
+
+pub mod api_keys;
+pub mod captures;
+pub mod events;
+pub mod retention;
+pub mod sessions;
+pub mod webhooks;
+
+use std::time::Duration;
+
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use super::{Result, StoreError};
+
+/// Connections per node: the appender's group commits, REST reads and the sweepers share them.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// Connects and runs the migrations in `migrations/postgres/`.
+pub async fn connect(url: &str) -> Result<PgPool> {
+    let opts: PgConnectOptions = url.parse().map_err(StoreError::Db)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts.application_name("capturelink"))
+        .await
+        .map_err(StoreError::classify)?;
+    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    Ok(pool)
+}
+
+/// `capturelink migrate --database-url …`: applies the migrations the database lacks and
+/// returns every migration now recorded.
+pub async fn migrate(url: &str) -> Result<Vec<super::admin::AppliedMigration>> {
+    let opts: PgConnectOptions = url.parse().map_err(StoreError::Db)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.application_name("capturelink migrate"))
+        .await
+        .map_err(StoreError::classify)?;
+    let outcome = async {
+        let before = recorded_migrations(&pool).await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let after = recorded_migrations(&pool).await?;
+        Ok(after
+            .into_iter()
+            .map(|(version, description)| super::admin::AppliedMigration {
+                now: !before.iter().any(|(v, _)| *v == version),
+                version,
+                description,
+            })
+            .collect())
+    }
+    .await;
+    pool.close().await;
+    outcome
+}
+
+async fn recorded_migrations(pool: &PgPool) -> Result<Vec<(i64, String)>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::classify)?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::classify)
+}
+
+/// The advisory lock a serving node holds on its database (an arbitrary constant: "CLNK").
+const NODE_LOCK: i64 = 0x434c_4e4b;
+
+/// Takes the node's claim on the database: a session-level advisory lock on a connection of its
+/// own, outside the pool, held until that connection closes (or the node dies).
+pub async fn claim_node(pool: &PgPool) -> Result<sqlx::PgConnection> {
+    use sqlx::Connection;
+    let mut conn = pool
+        .connect_options()
+        .connect()
+        .await
+        .map_err(StoreError::classify)?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(NODE_LOCK)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(StoreError::classify)?;
+    if got {
+        Ok(conn)
+    } else {
+        let _ = conn.close().await;
+        Err(StoreError::Claimed)
+    }
+}
+
+/// Can the database take a write now? A write transaction that changes nothing, on a connection
+/// of the pool, with a short statement timeout so that a stalled server answers "no" quickly.
+pub async fn check_writable(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(StoreError::classify)?;
+    sqlx::query("SET LOCAL statement_timeout = 500")
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
+    // Fails on a read-only server (a standby, or one out of disk that was set read-only).
+    sqlx::query("SELECT txid_current()")
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
+    tx.rollback().await.map_err(StoreError::classify)
+}

@@ -5,6 +5,10 @@
 # The caller sets OUT (where logs and results go) and may set CL_PORT (default 18080) before
 # sourcing, and may change LIMITS afterwards (the server's protective limits, raised or off by
 # default, else the load generator measures them).
+#
+# BENCH_POSTGRES=postgres://…/postgres (a server's admin URL, e.g. what scripts/pg-server prints)
+# runs every CaptureLink server on a fresh PostgreSQL database there instead of SQLite; the
+# databases are dropped at the end.
 
 KEY="clk_bench_0123456789abcdefghijklmnopqrstuvwxyz0123456789"
 CL_PORT="${CL_PORT:-18080}"
@@ -15,6 +19,7 @@ LIMITS=(--ws-rate 1000000 --ws-burst 1000000 --ip-rate 0 --key-rate 0 --max-ws-p
 mkdir -p "$OUT"
 PIDS=()
 DIRS=()
+DATABASES=()
 cleanup() {
     for pid in "${PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
@@ -24,6 +29,9 @@ cleanup() {
     done
     for d in "${DIRS[@]}"; do
         rm -rf "$d"
+    done
+    for db in "${DATABASES[@]}"; do
+        psql -q "$BENCH_POSTGRES" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
     done
 }
 trap cleanup EXIT
@@ -55,8 +63,16 @@ start_capturelink() {
     dir="$(mktemp -d /tmp/capturelink-bench.XXXXXX)"
     DIRS+=("$dir")
     port_free "$CL_PORT"
+    local database=()
+    if [ -n "${BENCH_POSTGRES:-}" ]; then
+        local db
+        db="bench_$(basename "$dir" | tr -dc 'a-zA-Z0-9' | tr 'A-Z' 'a-z')"
+        psql -q "$BENCH_POSTGRES" -c "CREATE DATABASE $db" >/dev/null
+        DATABASES+=("$db")
+        database=(--database-url "${BENCH_POSTGRES%/postgres}/$db")
+    fi
     "$CL" serve --listen "127.0.0.1:$CL_PORT" --data-dir "$dir" --api-key "$KEY" "${LIMITS[@]}" \
-        >"$OUT/$1.server.log" 2>&1 &
+        "${database[@]}" >"$OUT/$1.server.log" 2>&1 &
     CL_PID=$!
     PIDS+=("$CL_PID")
     wait_healthz "$CL_PORT"
@@ -90,5 +106,10 @@ describe_machine() {
         echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
         echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "open files limit: $(ulimit -n) (hard $(ulimit -Hn))"
+        if [ -n "${BENCH_POSTGRES:-}" ]; then
+            echo "database: PostgreSQL $(psql -tA "$BENCH_POSTGRES" -c 'SHOW server_version')"
+        else
+            echo "database: SQLite (the data dir)"
+        fi
     } | tee "$1"
 }

@@ -116,6 +116,14 @@ pub fn is_hint(s: &str) -> bool {
 /// Locales the pages are translated into.
 pub const LOCALES: &[&str] = &["zh-CN", "en"];
 
+/// Whether client-given text may be stored: no control characters (a NUL, an escape sequence, a
+/// bell), which no claim reference, label or id needs, which terminals and logs would act on, and
+/// which PostgreSQL's text columns refuse (NUL); `multiline` text may hold line breaks and tabs.
+pub fn is_plain_text(s: &str, multiline: bool) -> bool {
+    s.chars()
+        .all(|c| !c.is_control() || (multiline && matches!(c, '\n' | '\r' | '\t')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +152,15 @@ mod tests {
         }
         assert!(!is_area("bumper"));
         assert!(!is_angle("FRONT"));
+    }
+
+    #[test]
+    fn plain_text_has_no_control_characters() {
+        assert!(is_plain_text("CLM-2024-0042 前保险杠", false));
+        assert!(!is_plain_text("a\u{0}b", false));
+        assert!(!is_plain_text("a\u{1b}[31mred", false));
+        assert!(!is_plain_text("two\nlines", false));
+        assert!(is_plain_text("two\nlines,\ta tab", true));
+        assert!(!is_plain_text("a\u{0}b", true));
     }
 }

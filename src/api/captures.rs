@@ -20,7 +20,7 @@ use crate::session::view::CaptureView;
 use crate::signaling::protocol::Event;
 use crate::store::captures::CaptureRow;
 use crate::store::{SessionRow, SessionStatus, now_ms};
-use crate::vocabulary::{is_angle, is_area};
+use crate::vocabulary::{is_angle, is_area, is_plain_text};
 use crate::webhooks::EventType;
 
 use super::sessions::session_for;
@@ -156,6 +156,18 @@ fn parse_meta(raw: &[u8]) -> Result<UploadMeta, ApiError> {
         return Err(ApiError::unprocessable(
             "invalid_meta",
             "note is at most 1000 characters",
+        ));
+    }
+    let ids = [&meta.request_id, &meta.slot_id];
+    if meta.note.as_ref().is_some_and(|n| !is_plain_text(n, true))
+        || ids
+            .into_iter()
+            .flatten()
+            .any(|id| !is_plain_text(id, false))
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_meta",
+            "note, request_id and slot_id may not hold control characters (a note may hold line breaks)",
         ));
     }
     if meta

@@ -17,7 +17,7 @@ use crate::session::RoomError;
 use crate::session::view::SessionView;
 use crate::store::sessions::{Created, ListFilter};
 use crate::store::{NewSession, SessionRow, SessionStatus, SlotRow, now_ms};
-use crate::vocabulary::{CLAIM_DEFAULT, LOCALES, is_angle, is_area};
+use crate::vocabulary::{CLAIM_DEFAULT, LOCALES, is_angle, is_area, is_plain_text};
 
 const MAX_TEXT: usize = 200;
 const MAX_SLOTS: usize = 100;
@@ -99,6 +99,15 @@ struct SlotSpec {
     label: Option<String>,
 }
 
+/// An absolute http(s) URL with a host, as given (at most 2,048 characters, no control
+/// characters): deliveries go to exactly this text.
+fn is_webhook_url(u: &str) -> bool {
+    u.len() <= 2048
+        && is_plain_text(u, false)
+        && reqwest::Url::parse(u)
+            .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+}
+
 fn too_long(s: &Option<String>) -> bool {
     s.as_ref().is_some_and(|s| s.chars().count() > MAX_TEXT)
 }
@@ -110,6 +119,12 @@ fn validate(req: &CreateSession) -> Result<Vec<SlotRow>, ApiError> {
         return Err(ApiError::unprocessable(
             "invalid_claim_ref",
             "claim_ref must be 1 to 200 characters",
+        ));
+    }
+    if !is_plain_text(claim_ref, false) {
+        return Err(ApiError::unprocessable(
+            "invalid_claim_ref",
+            "claim_ref may not hold control characters",
         ));
     }
     if let Some(v) = &req.vehicle
@@ -147,7 +162,7 @@ fn validate(req: &CreateSession) -> Result<Vec<SlotRow>, ApiError> {
         ));
     }
     if let Some(u) = &req.webhook_url
-        && !(u.starts_with("https://") || u.starts_with("http://"))
+        && !is_webhook_url(u)
     {
         return Err(ApiError::unprocessable(
             "invalid_webhook_url",
@@ -187,6 +202,12 @@ fn validate(req: &CreateSession) -> Result<Vec<SlotRow>, ApiError> {
                     return Err(ApiError::unprocessable(
                         "invalid_checklist",
                         "slot labels are at most 200 characters",
+                    ));
+                }
+                if s.label.as_ref().is_some_and(|l| !is_plain_text(l, false)) {
+                    return Err(ApiError::unprocessable(
+                        "invalid_checklist",
+                        "slot labels may not hold control characters",
                     ));
                 }
             }
@@ -482,6 +503,15 @@ pub async fn list_sessions(
                 })?,
         ),
     };
+    if q.claim_ref
+        .as_ref()
+        .is_some_and(|c| !is_plain_text(c, false))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "claim_ref may not hold control characters",
+        ));
+    }
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::bad_request(

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::Role;
-use crate::vocabulary::{is_angle, is_area, is_hint};
+use crate::vocabulary::{is_angle, is_area, is_hint, is_plain_text};
 
 /// A text frame's largest allowed size.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -299,6 +299,11 @@ fn message(kind: &str, rest: Fields<'_>, id: Option<Value>) -> Result<Incoming, 
                     "`request_id` must be 1 to {MAX_REQUEST_ID} characters"
                 )));
             }
+            if !is_plain_text(&r.request_id, false) {
+                return Err(invalid(
+                    "`request_id` may not hold control characters".into(),
+                ));
+            }
             check_target(&r.area, &r.angle).map_err(invalid)?;
             ClientMsg::CaptureRequest(r)
         }
@@ -344,6 +349,13 @@ fn message(kind: &str, rest: Fields<'_>, id: Option<Value>) -> Result<Incoming, 
             if slot.label.as_ref().is_some_and(|l| l.chars().count() > 200) {
                 return Err(invalid("`label` is at most 200 characters".into()));
             }
+            if slot
+                .label
+                .as_ref()
+                .is_some_and(|l| !is_plain_text(l, false))
+            {
+                return Err(invalid("`label` may not hold control characters".into()));
+            }
             ClientMsg::ChecklistAdd(slot)
         }
         "device.capabilities" => {
@@ -375,6 +387,11 @@ fn message(kind: &str, rest: Fields<'_>, id: Option<Value>) -> Result<Incoming, 
                 return Err(invalid(format!(
                     "`request_id` must be 1 to {MAX_REQUEST_ID} characters"
                 )));
+            }
+            if !is_plain_text(&f.request_id, false) {
+                return Err(invalid(
+                    "`request_id` may not hold control characters".into(),
+                ));
             }
             let code_ok = !f.code.is_empty()
                 && f.code.len() <= 64
@@ -617,6 +634,23 @@ mod tests {
 
     fn round_trip(v: Value) -> Incoming {
         parse(&v.to_string()).unwrap_or_else(|e| panic!("{v}: {e:?}"))
+    }
+
+    #[test]
+    fn stored_text_with_control_characters_is_refused() {
+        for text in [
+            r#"{"type":"checklist.add","area":"hood","angle":"close_up","label":"dent\u0000"}"#,
+            r#"{"type":"capture.request","request_id":"r\u001b[2J","area":"hood","angle":"close_up"}"#,
+            r#"{"type":"capture.failed","request_id":"r\u0000","code":"still_failed"}"#,
+        ] {
+            let e = parse(text).expect_err(text);
+            assert_eq!(e.code, "invalid_message", "{text}");
+            assert!(
+                e.message.contains("control characters"),
+                "{text}: {}",
+                e.message
+            );
+        }
     }
 
     #[test]

@@ -596,9 +596,18 @@ async fn corrupt_oversized_and_invalid_uploads_are_422() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_stored(&srv, 0, 0, "a dimension bomb").await;
 
+    let with = |key: &str, value: &str| {
+        let mut m = meta("hood", "close_up");
+        m[key] = json!(value);
+        m
+    };
     let cases = [
         (meta("bonnet", "close_up"), "invalid_area"),
         (meta("hood", "sideways"), "invalid_angle"),
+        // Control characters (a NUL, which PostgreSQL's text refuses; an escape sequence).
+        (with("note", "dent\u{0}"), "invalid_meta"),
+        (with("note", "\u{1b}[2J"), "invalid_meta"),
+        (with("request_id", "r\u{0}"), "invalid_meta"),
     ];
     for (m, code) in cases {
         let res = srv
@@ -614,8 +623,17 @@ async fn corrupt_oversized_and_invalid_uploads_are_422() {
     assert_problem(res, 422, "missing_image").await;
     assert_stored(&srv, 0, 0, "no image part").await;
 
-    // The same good image with valid meta is taken: the refusals above were for their reasons.
-    upload_ok(&srv, &s.id, API_KEY, &good, &hood).await;
+    // The same good image with valid meta is taken: the refusals above were for their reasons;
+    // a note may have several lines.
+    let c = upload_ok(
+        &srv,
+        &s.id,
+        API_KEY,
+        &good,
+        &with("note", "dent\nand a scratch"),
+    )
+    .await;
+    assert_eq!(c["note"], "dent\nand a scratch");
     assert_stored(&srv, 1, 1, "a good upload").await;
 }
 

@@ -296,6 +296,21 @@ async fn invalid_create_bodies_are_422_with_stable_codes() {
             json!({"claim_ref": "C", "checklist": "claim_deluxe"}),
             "invalid_checklist",
         ),
+        // Control characters: a NUL (which PostgreSQL's text refuses), an escape sequence.
+        (json!({"claim_ref": "CLM\u{0}1"}), "invalid_claim_ref"),
+        (
+            json!({"claim_ref": "C", "webhook_url": "https://claims.example/hook\u{0}"}),
+            "invalid_webhook_url",
+        ),
+        (
+            json!({"claim_ref": "C", "webhook_url": "https://"}),
+            "invalid_webhook_url",
+        ),
+        (json!({"claim_ref": "\u{1b}[2JCLM"}), "invalid_claim_ref"),
+        (
+            json!({"claim_ref": "C", "checklist": [{"area": "hood", "angle": "close_up", "label": "dent\u{0}"}]}),
+            "invalid_checklist",
+        ),
     ];
     for (body, code) in cases {
         let res = create_raw(&srv, body.clone()).await;
@@ -304,6 +319,15 @@ async fn invalid_create_bodies_are_422_with_stable_codes() {
     }
     let mut conn = srv.db().await;
     assert_eq!(count(&mut conn, "SELECT count(*) FROM sessions").await, 0);
+    // The listing's filter is checked the same way (400: a query, not a body).
+    let res = srv
+        .http
+        .get(srv.url("/api/v1/sessions?claim_ref=CLM%001"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 400, "invalid_query").await;
 }
 
 #[tokio::test]

@@ -209,7 +209,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     )
     .await
     .context("opening the database")?;
-    store.claim_node().await.context("claiming the database")?;
+    store
+        .lock_for_node()
+        .await
+        .context("locking the database for this node")?;
     tracing::info!(database = store.describe(), "database open");
     // Keys created with `capturelink api-key create`, besides those of the settings or key file.
     let api_keys = api_keys.with_store(store.clone());

@@ -32,9 +32,9 @@ pub enum StoreError {
     /// Another writer holds the database lock longer than `busy_timeout`: retry later.
     #[error("database busy: {0}")]
     Busy(String),
-    /// Another node holds the PostgreSQL database (see [`Store::claim_node`]).
+    /// Another node holds the PostgreSQL database (see [`Store::lock_for_node`]).
     #[error("another CaptureLink node is serving from this database")]
-    Claimed,
+    LockedByAnotherNode,
     /// The disk holding the database is full (SQLITE_FULL): retry once space is freed.
     #[error("database disk full: {0}")]
     Full(String),
@@ -112,12 +112,12 @@ enum Backend {
 
 struct Postgres {
     pool: PgPool,
-    /// The connection holding this node's claim on the database (see [`Store::claim_node`]).
-    claim: tokio::sync::Mutex<Claim>,
+    /// The connection holding this node's lock on the database (see [`Store::lock_for_node`]).
+    node_lock: tokio::sync::Mutex<NodeLock>,
 }
 
 #[derive(Default)]
-enum Claim {
+enum NodeLock {
     /// Not asked for (an operator's command beside the service).
     #[default]
     None,
@@ -201,47 +201,47 @@ impl Store {
         Ok(Self {
             backend: Backend::Postgres(Arc::new(Postgres {
                 pool,
-                claim: tokio::sync::Mutex::new(Claim::None),
+                node_lock: tokio::sync::Mutex::new(NodeLock::None),
             })),
             appender,
         })
     }
 
-    /// Claims the database for this node, for as long as the store is open. A room numbers its
+    /// Locks the database for this node, for as long as the store is open. A room numbers its
     /// events in this node's memory, so two nodes serving the same sessions would number them
     /// twice; until numbering moves into the database and nodes share live events over a bus,
     /// a second node on the same PostgreSQL database refuses to start. A no-op on SQLite, whose
     /// file the service already holds alone.
-    pub async fn claim_node(&self) -> Result<()> {
+    pub async fn lock_for_node(&self) -> Result<()> {
         let Backend::Postgres(pg) = &self.backend else {
             return Ok(());
         };
-        let mut claim = pg.claim.lock().await;
-        if !matches!(*claim, Claim::Held(_)) {
-            *claim = Claim::Held(postgres::claim_node(&pg.pool).await?);
+        let mut lock = pg.node_lock.lock().await;
+        if !matches!(*lock, NodeLock::Held(_)) {
+            *lock = NodeLock::Held(postgres::lock_for_node(&pg.pool).await?);
         }
         Ok(())
     }
 
-    /// On PostgreSQL, checks that the claim of a serving node still holds, and takes it again
-    /// when its connection was lost. Fails with [`StoreError::Claimed`] when another node took
+    /// On PostgreSQL, checks that the lock of a serving node still holds, and takes it again
+    /// when its connection was lost. Fails with [`StoreError::LockedByAnotherNode`] when another node took
     /// it meanwhile: the readiness check then fails, and the load balancer stops sending here.
-    async fn check_claim(&self) -> Result<()> {
+    async fn check_node_lock(&self) -> Result<()> {
         let Backend::Postgres(pg) = &self.backend else {
             return Ok(());
         };
-        let mut claim = pg.claim.lock().await;
-        if let Claim::Held(conn) = &mut *claim {
+        let mut lock = pg.node_lock.lock().await;
+        if let NodeLock::Held(conn) = &mut *lock {
             use sqlx::Connection;
             if conn.ping().await.is_ok() {
                 return Ok(());
             }
-            tracing::warn!("the connection holding this node's claim on the database was lost");
-            *claim = Claim::Lost;
+            tracing::warn!("the connection holding this node's lock on the database was lost");
+            *lock = NodeLock::Lost;
         }
-        if matches!(*claim, Claim::Lost) {
-            *claim = Claim::Held(postgres::claim_node(&pg.pool).await?);
-            tracing::info!("this node's claim on the database is held again");
+        if matches!(*lock, NodeLock::Lost) {
+            *lock = NodeLock::Held(postgres::lock_for_node(&pg.pool).await?);
+            tracing::info!("this node's lock on the database is held again");
         }
         Ok(())
     }
@@ -277,7 +277,7 @@ impl Store {
     /// cannot be written.
     pub async fn check_writable(&self) -> Result<()> {
         use sqlx::{ConnectOptions, Connection};
-        self.check_claim().await?;
+        self.check_node_lock().await?;
         let db = on_postgres!(self, |pg| postgres::check_writable(pg).await);
         let mut conn = db
             .probe_opts
@@ -316,7 +316,7 @@ impl Store {
                 db.read.close().await;
             }
             Backend::Postgres(pg) => {
-                if let Claim::Held(conn) = std::mem::take(&mut *pg.claim.lock().await) {
+                if let NodeLock::Held(conn) = std::mem::take(&mut *pg.node_lock.lock().await) {
                     use sqlx::Connection;
                     let _ = conn.close().await;
                 }

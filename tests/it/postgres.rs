@@ -292,13 +292,13 @@ async fn a_database_that_refuses_connections_is_503_until_it_is_back() {
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["code"], "unavailable", "{problem}");
 
-    // Back: ready again (the node's claim taken again), and writes go through.
+    // Back: ready again (the node's lock taken again), and writes go through.
     admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
     let (status, body) = readyz(&srv).await;
     assert_eq!(status, 200, "{body}");
     srv.session().await;
     let mut conn = pg(&srv).await;
-    let claims: i64 = sqlx::query(
+    let locks: i64 = sqlx::query(
         "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
@@ -306,6 +306,6 @@ async fn a_database_that_refuses_connections_is_503_until_it_is_back() {
     .await
     .unwrap()
     .get(0);
-    assert_eq!(claims, 1, "the node's claim is held again");
+    assert_eq!(locks, 1, "the node's lock is held again");
     conn.close().await.unwrap();
 }

@@ -84,9 +84,9 @@ async fn recorded_migrations(pool: &PgPool) -> Result<Vec<(i64, String)>> {
 /// The advisory lock a serving node holds on its database (an arbitrary constant: "CLNK").
 const NODE_LOCK: i64 = 0x434c_4e4b;
 
-/// Takes the node's claim on the database: a session-level advisory lock on a connection of its
+/// Takes the node's lock on the database: a session-level advisory lock on a connection of its
 /// own, outside the pool, held until that connection closes (or the node dies).
-pub async fn claim_node(pool: &PgPool) -> Result<sqlx::PgConnection> {
+pub async fn lock_for_node(pool: &PgPool) -> Result<sqlx::PgConnection> {
     use sqlx::Connection;
     let mut conn = pool
         .connect_options()
@@ -102,7 +102,7 @@ pub async fn claim_node(pool: &PgPool) -> Result<sqlx::PgConnection> {
         Ok(conn)
     } else {
         let _ = conn.close().await;
-        Err(StoreError::Claimed)
+        Err(StoreError::LockedByAnotherNode)
     }
 }
 

@@ -309,3 +309,22 @@ async fn a_database_that_refuses_connections_is_503_until_it_is_back() {
     assert_eq!(locks, 1, "the node's lock is held again");
     conn.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_database_that_cannot_be_reached_at_start_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    // Nothing listens on port 1 of the loopback.
+    s.database_url = Some("postgres://capturelink@127.0.0.1:1/capturelink".into());
+    let err = match capturelink::app::start(s).await {
+        Ok(_) => panic!("started without its database"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("opening the database"), "{err}");
+    // The connection's own error, not the pool's "timed out" after waiting for one.
+    assert!(
+        err.contains("Connection refused"),
+        "the cause is named: {err}"
+    );
+    assert!(!err.contains("timed out"), "{err}");
+}

@@ -19,8 +19,8 @@ pub mod webhooks;
 
 use std::time::Duration;
 
-use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
 
 use super::{Result, StoreError};
 
@@ -30,10 +30,20 @@ const MAX_CONNECTIONS: u32 = 16;
 /// Connects and runs the migrations in `migrations/postgres/`.
 pub async fn connect(url: &str) -> Result<PgPool> {
     let opts: PgConnectOptions = url.parse().map_err(StoreError::Db)?;
+    let opts = opts.application_name("capturelink");
+    // One connection first, for its own error: a pool that cannot connect only says it timed
+    // out, where an operator starting the service needs "connection refused" or "no such
+    // database".
+    opts.connect()
+        .await
+        .map_err(StoreError::Db)?
+        .close()
+        .await
+        .map_err(StoreError::Db)?;
     let pool = PgPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts.application_name("capturelink"))
+        .connect_with(opts)
         .await
         .map_err(StoreError::classify)?;
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
@@ -87,7 +97,6 @@ const NODE_LOCK: i64 = 0x434c_4e4b;
 /// Takes the node's lock on the database: a session-level advisory lock on a connection of its
 /// own, outside the pool, held until that connection closes (or the node dies).
 pub async fn lock_for_node(pool: &PgPool) -> Result<sqlx::PgConnection> {
-    use sqlx::Connection;
     let mut conn = pool
         .connect_options()
         .connect()

@@ -192,9 +192,35 @@ impl From<crate::store::StoreError> for ApiError {
 }
 
 /// Axum's own rejections (bad JSON, wrong content type, bad path or query) as problem+json.
+/// Whether a body error is the body timeout (`--body-timeout-s`) firing, anywhere in its chain.
+pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+impl ApiError {
+    /// 408: the request body stopped arriving for longer than `--body-timeout-s`.
+    pub fn body_stalled() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body stopped arriving; send the request again",
+        )
+    }
+}
+
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         use axum::extract::rejection::JsonRejection as J;
+        if is_body_timeout(&r) {
+            return Self::body_stalled();
+        }
         match r {
             J::MissingJsonContentType(_) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -80,6 +80,8 @@ async fn read_upload(mut multipart: Multipart, max_bytes: usize) -> Result<Uploa
     let bad = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large()
+        } else if crate::error::is_body_timeout(&e) {
+            ApiError::body_stalled()
         } else {
             ApiError::bad_request("invalid_multipart", e.body_text())
         }
@@ -252,6 +254,7 @@ true`); other bytes under the same key get 409.",
         (status = 401, description = "`unauthorized`: no or unknown credential"),
         (status = 403, description = "`forbidden` (the customer uploads only `customer_still`), `request_required` (the customer needs a pending `request_id`)"),
         (status = 404, description = "`not_found`: no such session, or no such capture request"),
+        (status = 408, description = "`request_timeout`: the body stopped arriving for `--body-timeout-s`"),
         (status = 409, description = "`idempotency_key_reused`, `request_fulfilled`"),
         (status = 410, description = "`session_closed`, `session_expired`"),
         (status = 413, description = "`payload_too_large`: over the server's `--max-upload-bytes`"),

@@ -316,6 +316,7 @@ are scoped to the API key.",
             )),
         (status = 400, description = "`malformed_json`, `invalid_body`, `invalid_idempotency_key`"),
         (status = 401, description = "`unauthorized`: no or unknown API key"),
+        (status = 408, description = "`request_timeout`: the body stopped arriving for `--body-timeout-s`"),
         (status = 409, description = "`idempotency_key_reused`: the key was used with a different body"),
         (status = 415, description = "`unsupported_media_type`: not `application/json`"),
         (status = 422, description = "`invalid_body`, `invalid_claim_ref`, `invalid_vehicle`, `invalid_customer`, \

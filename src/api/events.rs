@@ -43,6 +43,22 @@ fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<i64>
     }
 }
 
+/// Tells the registry when an event stream ends (its client left, or the session ended).
+struct WatchEnded {
+    state: AppState,
+    session: String,
+}
+
+impl Drop for WatchEnded {
+    fn drop(&mut self) {
+        let state = self.state.clone();
+        let session = std::mem::take(&mut self.session);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { state.registry.watch_ended(&session).await });
+        }
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/sessions/{id}/events",
@@ -91,7 +107,15 @@ pub async fn session_events(
     let ended = !session.status_at(crate::store::now_ms()).is_open();
     let to_sse =
         |(seq, body): (i64, String)| Ok(SseEvent::default().id(seq.to_string()).data(body));
-    let live = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    // The guard goes with the stream's state, after the receiver: when the client leaves, the
+    // room sees a closed watcher and may go.
+    let guard = WatchEnded {
+        state: state.clone(),
+        session: session.id.clone(),
+    };
+    let live = stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        rx.recv().await.map(|e| (e, (rx, guard)))
+    });
     // An ended session has no live part: the stream is its log, then it ends.
     let live = if ended {
         live.take(0).boxed()

@@ -96,6 +96,15 @@ impl Registry {
         }
     }
 
+    /// An event stream of the session has ended: its room goes if nobody else is in it (a closed
+    /// stream is otherwise only noticed by the room's next event or departure).
+    pub async fn watch_ended(&self, id: &str) {
+        let room = self.lock().get(id).cloned();
+        if let Some(room) = room {
+            self.retire(&room).await;
+        }
+    }
+
     async fn retire(&self, room: &Arc<Room>) {
         room.retire_if_empty(|| self.unlist(&room.id, Some(room)))
             .await;

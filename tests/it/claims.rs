@@ -1213,3 +1213,29 @@ async fn webhook_delivery_gives_up_at_the_horizon() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rx.hits("hook").len(), n, "no attempt after giving up");
 }
+
+/// A stream whose client leaves lets its session's room go, even when nothing else happens in the
+/// session (a room otherwise notices a closed stream only at its next event).
+#[tokio::test]
+async fn an_event_stream_that_ends_lets_a_quiet_sessions_room_go() {
+    let srv = TestServer::start().await;
+    let s = srv.session().await;
+    let registry = &srv.state().registry;
+    assert_eq!(registry.live_rooms(), 0);
+    let res = events_request(&srv, &events_url(&srv, &s.id), Some(API_KEY), None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        registry.live_rooms(),
+        1,
+        "the stream holds the session's room"
+    );
+    drop(res);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while registry.live_rooms() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the room outlived its only stream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -152,6 +152,8 @@ pub struct Running {
     sweeper: JoinHandle<()>,
     /// The retention sweeper, when `--retention-days` is set.
     retention: Option<JoinHandle<()>>,
+    /// Deletes the webhook outbox's finished rows after `--webhook-keep-days`.
+    outbox_pruning: JoinHandle<()>,
     webhooks: JoinHandle<()>,
 }
 
@@ -307,6 +309,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         ))
     });
     let webhooks = tokio::spawn(dispatcher.run(state.shutdown.clone()));
+    let outbox_pruning = tokio::spawn(crate::retention::run_webhook_pruning(
+        state.store.clone(),
+        state.settings.webhook_keep_days,
+        state.shutdown.clone(),
+    ));
     Ok(Running {
         addr,
         state,
@@ -317,6 +324,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         sweeper,
         retention,
         webhooks,
+        outbox_pruning,
     })
 }
 
@@ -389,6 +397,7 @@ impl Running {
             let _ = retention.await;
         }
         let _ = self.webhooks.await;
+        let _ = self.outbox_pruning.await;
         self.state.tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), self.state.tracker.wait())
             .await

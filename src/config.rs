@@ -316,6 +316,11 @@ pub struct Settings {
     #[arg(long, env = "CAPTURELINK_WEBHOOK_BACKOFF_MS", default_value_t = 5_000)]
     pub webhook_backoff_ms: u64,
 
+    /// Days the webhook outbox keeps a finished delivery (delivered, failed, or to a disabled
+    /// endpoint) before it is deleted; pending deliveries are kept until they finish.
+    #[arg(long, env = "CAPTURELINK_WEBHOOK_KEEP_DAYS", default_value_t = 30)]
+    pub webhook_keep_days: u32,
+
     /// Days after a session ended (closed or expired) when its images, captures, events and
     /// webhook rows are deleted; the session row stays, marked purged. Default: keep forever.
     #[arg(long, env = "CAPTURELINK_RETENTION_DAYS")]
@@ -451,6 +456,9 @@ impl Settings {
         if self.session_ttl == 0 {
             return Err("--session-ttl must be positive".into());
         }
+        if self.webhook_keep_days == 0 {
+            return Err("--webhook-keep-days must be at least 1".into());
+        }
         if self.retention_days == Some(0) {
             return Err(
                 "--retention-days must be at least 1 (leave it unset to keep forever)".into(),
@@ -576,6 +584,14 @@ mod tests {
         assert_eq!(s.validate(), Ok(()));
         s.database_url = Some("sqlite://data/capturelink.db".into());
         assert!(s.validate().unwrap_err().contains("postgres://"));
+    }
+
+    #[test]
+    fn webhook_deliveries_are_kept_at_least_a_day() {
+        let mut s = Settings::with_data_dir("/tmp/x");
+        assert_eq!(s.webhook_keep_days, 30);
+        s.webhook_keep_days = 0;
+        assert!(s.validate().unwrap_err().contains("--webhook-keep-days"));
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! the event log and the webhook outbox rows. The session row stays as a tombstone with
 //! `purged_at`; its captures then answer 410 `session_purged`. Expiry itself (sessions past
 //! `expires_at`) is the registry's sweeper, every second (see [`crate::app`]).
+//!
+//! Whatever `--retention-days` says, the webhook outbox's finished rows (delivered, failed, or
+//! for a disabled endpoint) are deleted `--webhook-keep-days` after they were written (default
+//! 30): they are the delivery log, not evidence, and would otherwise grow without end.
 
 use std::time::Duration;
 
@@ -61,6 +65,36 @@ pub async fn sweep(
         }
         if due.len() < BATCH as usize || !purged_any {
             return Ok(swept);
+        }
+    }
+}
+
+/// Deletes the webhook outbox's finished rows written more than `days` days before `now`;
+/// returns how many.
+pub async fn prune_webhooks(store: &Store, days: u32, now: i64) -> Result<u64, StoreError> {
+    let before = now.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
+    let mut pruned = 0;
+    loop {
+        let n = store.prune_webhooks(before, 1000).await?;
+        pruned += n;
+        if n < 1000 {
+            return Ok(pruned);
+        }
+    }
+}
+
+/// Prunes the webhook outbox once now and then every [`SWEEP_EVERY`] until `shutdown`.
+pub async fn run_webhook_pruning(store: Store, days: u32, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => match prune_webhooks(&store, days, now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, keep_days = days, "pruned the webhook outbox"),
+                Err(e) => tracing::warn!(error = %e, "pruning the webhook outbox failed"),
+            },
         }
     }
 }

@@ -99,6 +99,10 @@ pub async fn enqueue_webhook(
     Ok(())
 }
 
+/// The same statement on both backends (both read `$n` placeholders).
+pub(crate) const PRUNE_WEBHOOKS: &str = "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM \
+     webhook_outbox WHERE status <> 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2)";
+
 impl Store {
     /// Writes deliveries in a transaction of their own, for callers that hold none.
     pub async fn enqueue_webhooks(&self, rows: &[OutboxRow]) -> Result<()> {
@@ -265,6 +269,22 @@ impl Store {
             .await
             .map_err(StoreError::classify)?;
         Ok(row.is_some())
+    }
+
+    /// Deletes up to `limit` outbox rows that are done with (delivered, failed or disabled) and
+    /// were written before `before`; returns how many. Pending rows are never deleted.
+    pub async fn prune_webhooks(&self, before: i64, limit: u32) -> Result<u64> {
+        let db = on_postgres!(self, |pg| postgres::webhooks::prune_webhooks(
+            pg, before, limit
+        )
+        .await);
+        let done = sqlx::query(PRUNE_WEBHOOKS)
+            .bind(before)
+            .bind(i64::from(limit))
+            .execute(&db.write)
+            .await
+            .map_err(StoreError::classify)?;
+        Ok(done.rows_affected())
     }
 
     pub async fn webhook_state(&self, id: &str) -> Result<Option<OutboxState>> {

@@ -1239,3 +1239,43 @@ async fn an_event_stream_that_ends_lets_a_quiet_sessions_room_go() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The outbox keeps finished deliveries for `--webhook-keep-days` (30 by default), then deletes
+/// them; a pending delivery stays however old it is.
+#[tokio::test]
+async fn finished_webhook_deliveries_are_pruned_after_the_keep_days() {
+    use capturelink::store::webhooks::OutboxRow;
+    const DAY: i64 = 86_400_000;
+    let srv = TestServer::start().await;
+    let s = srv.session().await;
+    let store = &srv.state().store;
+    let now = capturelink::store::now_ms();
+    let rows: Vec<OutboxRow> = (0..3)
+        .map(|_| {
+            OutboxRow::new(
+                &s.id,
+                "http://127.0.0.1:9/hook",
+                "session.started",
+                "{}",
+                now,
+            )
+        })
+        .collect();
+    store.enqueue_webhooks(&rows).await.unwrap();
+    store
+        .mark_delivered(&rows[0].id, now, 1, 200)
+        .await
+        .unwrap();
+    store
+        .mark_failed(&rows[1].id, 3, Some(500), Some("gave up"))
+        .await
+        .unwrap();
+
+    let prune = |at: i64| capturelink::retention::prune_webhooks(store, 30, at);
+    assert_eq!(prune(now + 29 * DAY).await.unwrap(), 0, "kept for 30 days");
+    assert_eq!(prune(now + 31 * DAY).await.unwrap(), 2);
+    assert_eq!(store.webhook_state(&rows[0].id).await.unwrap(), None);
+    assert_eq!(store.webhook_state(&rows[1].id).await.unwrap(), None);
+    let pending = store.webhook_state(&rows[2].id).await.unwrap().unwrap();
+    assert_eq!(pending.status, "pending", "never deleted while pending");
+}

@@ -174,3 +174,13 @@ pub async fn webhook_state(pool: &PgPool, id: &str) -> Result<Option<OutboxState
     .map_err(StoreError::classify)?;
     row.map(|r| Ok(OutboxState::from_row(&r)?)).transpose()
 }
+
+pub async fn prune_webhooks(pool: &PgPool, before: i64, limit: u32) -> Result<u64> {
+    let done = sqlx::query(crate::store::webhooks::PRUNE_WEBHOOKS)
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(pool)
+        .await
+        .map_err(StoreError::classify)?;
+    Ok(done.rows_affected())
+}

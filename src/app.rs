@@ -241,15 +241,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
     let webhook_settings = WebhookSettings {
         server_url: settings.webhook_url.clone(),
+        public_only: settings.webhook_public_only,
         horizon: Duration::from_secs(settings.webhook_horizon),
         base_backoff: Duration::from_millis(settings.webhook_backoff_ms.max(1)),
         ..WebhookSettings::new(webhook_secret)
     };
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("CaptureLink-Webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("building the webhook client")?;
+        .user_agent(concat!("CaptureLink-Webhooks/", env!("CARGO_PKG_VERSION")));
+    if settings.webhook_public_only {
+        http = http.dns_resolver(crate::webhooks::address::PublicOnly);
+    }
+    let http = http.build().context("building the webhook client")?;
     let metrics = Arc::new(Metrics::new());
     let dispatcher = Dispatcher::new(store.clone(), http, webhook_settings.clone())
         .map_err(|e| anyhow::anyhow!("webhook secret: {e}"))?

@@ -303,6 +303,13 @@ pub struct Settings {
     #[arg(long, env = "CAPTURELINK_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
+    /// Send webhooks to public internet addresses only: refuse a session's `webhook_url` whose
+    /// host is a loopback, private, link-local (cloud metadata) or other non-public IP, and connect
+    /// only to the public addresses a host name resolves to. For deployments whose API keys are
+    /// held by parties outside the service's own network.
+    #[arg(long, env = "CAPTURELINK_WEBHOOK_PUBLIC_ONLY")]
+    pub webhook_public_only: bool,
+
     /// Webhook signing secret, `whsec_<base64>` (Standard Webhooks). Default: generated once into
     /// the data dir (`webhook-secret`).
     #[arg(long, env = "CAPTURELINK_WEBHOOK_SECRET", hide_env_values = true)]

@@ -335,6 +335,17 @@ pub async fn create_session(
     let req: CreateSession = serde_json::from_value(raw)
         .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))?;
     let slots = validate(&req)?;
+    if state.settings.webhook_public_only
+        && let Some(host) = req
+            .webhook_url
+            .as_deref()
+            .and_then(crate::webhooks::address::non_public_literal)
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_webhook_url",
+            format!("webhook_url must be on a public internet address, and {host} is not"),
+        ));
+    }
 
     let idem_key = match headers.get("idempotency-key") {
         None => None,

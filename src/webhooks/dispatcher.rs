@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::address;
 use super::signing::{self, Secret, SecretError};
 use super::{WebhookSettings, backoff};
 use crate::store::webhooks::DueWebhook;
@@ -48,7 +49,12 @@ struct Shared {
 enum Outcome {
     Delivered(u16),
     Gone,
-    Failed { status: Option<u16>, error: String },
+    Failed {
+        status: Option<u16>,
+        error: String,
+    },
+    /// `--webhook-public-only` and the endpoint is not on a public address: no retry.
+    Refused(String),
 }
 
 impl Dispatcher {
@@ -187,6 +193,13 @@ async fn deliver(shared: Arc<Shared>, row: DueWebhook) {
                 Err(e) => Err(e),
             }
         }
+        Outcome::Refused(error) => {
+            tracing::warn!(id = %row.id, url = %row.url, error = %error,
+                "webhook endpoint refused: not a public address");
+            store
+                .mark_failed(&row.id, attempts, None, Some(&error))
+                .await
+        }
         Outcome::Failed { status, error } => {
             let deadline = row
                 .created_at
@@ -224,6 +237,11 @@ async fn deliver(shared: Arc<Shared>, row: DueWebhook) {
 }
 
 async fn attempt(shared: &Shared, row: &DueWebhook) -> Outcome {
+    if shared.settings.public_only
+        && let Some(host) = address::non_public_literal(&row.url)
+    {
+        return Outcome::Refused(address::NotPublic(host).to_string());
+    }
     // Signed afresh on every attempt: receivers reject old timestamps; the id stays the same.
     let timestamp = now_ms() / 1000;
     let headers = signing::headers(&shared.secret, &row.id, timestamp, row.payload.as_bytes());
@@ -243,11 +261,24 @@ async fn attempt(shared: &Shared, row: &DueWebhook) -> Outcome {
             status: Some(resp.status().as_u16()),
             error: format!("HTTP {}", resp.status()),
         },
+        Err(e) if refused_by_resolver(&e) => Outcome::Refused(error_chain(&e)),
         Err(e) => Outcome::Failed {
             status: None,
             error: error_chain(&e),
         },
     }
+}
+
+/// Whether the client's resolver refused the host ([`address::PublicOnly`]).
+fn refused_by_resolver(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<address::NotPublic>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// The error and its causes on one line ("error sending request: connection refused"), bounded.

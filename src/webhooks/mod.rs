@@ -8,6 +8,7 @@
 //! 410 Gone. Rows live in SQLite, so what was not delivered before a restart is sent after it, with
 //! the same `webhook-id`: receivers deduplicate on it.
 
+pub mod address;
 pub mod backoff;
 pub mod dispatcher;
 mod outbox;
@@ -34,6 +35,9 @@ pub struct WebhookSettings {
     pub secret: String,
     /// A server-wide endpoint every event also goes to.
     pub server_url: Option<String>,
+    /// `--webhook-public-only`: deliveries to a non-public IP literal fail at once (names are
+    /// checked by the client's resolver, [`address::PublicOnly`]).
+    pub public_only: bool,
     /// How long after an event was created its delivery is retried before it is `failed`.
     pub horizon: Duration,
     /// The backoff ceiling of the first retry; it doubles with each further one...
@@ -53,6 +57,7 @@ impl WebhookSettings {
         Self {
             secret: secret.into(),
             server_url: None,
+            public_only: false,
             horizon: Duration::from_secs(24 * 3600),
             base_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(3600),

@@ -1279,3 +1279,74 @@ async fn finished_webhook_deliveries_are_pruned_after_the_keep_days() {
     let pending = store.webhook_state(&rows[2].id).await.unwrap().unwrap();
     assert_eq!(pending.status, "pending", "never deleted while pending");
 }
+
+/// `--webhook-public-only`: a non-public IP literal is refused at creation; a name that resolves
+/// only to non-public addresses is refused at delivery, at once and without a connection.
+#[tokio::test]
+async fn with_webhook_public_only_no_delivery_reaches_a_private_address() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let srv = TestServer::start_with(|s| s.webhook_public_only = true).await;
+
+    for literal in [
+        format!("http://127.0.0.1:{port}/hook"),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        format!("http://[::1]:{port}/hook"),
+    ] {
+        let res = srv
+            .http
+            .post(srv.url("/api/v1/sessions"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"claim_ref": "CLM-SSRF", "webhook_url": literal}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "{literal}");
+        let p: Value = res.json().await.unwrap();
+        assert_eq!(p["code"], "invalid_webhook_url", "{literal}: {p}");
+    }
+
+    // `localhost` is a name: taken at creation, refused when the client resolves it.
+    let v = srv
+        .create_session(json!({"claim_ref": "CLM-SSRF", "webhook_url": format!("http://localhost:{port}/hook")}))
+        .await;
+    let id = v["id"].as_str().unwrap();
+    let (_agent, _) = srv.join(v["agent_token"].as_str().unwrap()).await;
+    let mut conn = srv.db().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (status, error) = loop {
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, last_error FROM webhook_outbox WHERE session_id = $1 \
+             AND event_type = 'session.started'",
+        )
+        .bind(id)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        if let Some((status, error)) = &row
+            && status != "pending"
+        {
+            break (status.clone(), error.clone().unwrap_or_default());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still pending: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, "failed", "given up at once, not retried");
+    assert!(error.contains("not a public internet address"), "{error}");
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing connected to the private address"
+    );
+}

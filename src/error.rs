@@ -192,16 +192,14 @@ impl From<crate::store::StoreError> for ApiError {
 }
 
 /// Axum's own rejections (bad JSON, wrong content type, bad path or query) as problem+json.
+/// Whether `e`, or any error in its chain of sources, is a `T`.
+pub fn chain_has<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| e.is::<T>())
+}
+
 /// Whether a body error is the body timeout (`--body-timeout-s`) firing, anywhere in its chain.
 pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(e) = cur {
-        if e.is::<tower_http::timeout::TimeoutError>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    chain_has::<tower_http::timeout::TimeoutError>(e)
 }
 
 impl ApiError {

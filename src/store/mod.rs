@@ -93,10 +93,10 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The service's database: the embedded SQLite file (the default) or a PostgreSQL server shared
-/// by several nodes (`--database-url postgres://…`). Every method means the same on both; the
-/// SQL of each lives side by side, SQLite's in this module's files and PostgreSQL's in
-/// [`postgres`].
+/// The service's database: the embedded SQLite file (the default) or a PostgreSQL server
+/// (`--database-url postgres://…`; one serving node per database for now, see
+/// [`Store::lock_for_node`]). Every method means the same on both; the SQL of each lives side by
+/// side, SQLite's in this module's files and PostgreSQL's in [`postgres`].
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
@@ -224,8 +224,9 @@ impl Store {
     }
 
     /// On PostgreSQL, checks that the lock of a serving node still holds, and takes it again
-    /// when its connection was lost. Fails with [`StoreError::LockedByAnotherNode`] when another node took
-    /// it meanwhile: the readiness check then fails, and the load balancer stops sending here.
+    /// when its connection was lost. Fails with [`StoreError::LockedByAnotherNode`] when another
+    /// node took it meanwhile: the readiness check then fails, and the load balancer stops
+    /// sending here.
     async fn check_node_lock(&self) -> Result<()> {
         let Backend::Postgres(pg) = &self.backend else {
             return Ok(());
@@ -258,17 +259,12 @@ impl Store {
         }
     }
 
-    /// Which database this is, for logs and the health report.
+    /// Which database this is, for the log.
     pub fn describe(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
-    }
-
-    /// True on the embedded SQLite file (backups, restore and `inspect` work on that file only).
-    pub fn is_sqlite(&self) -> bool {
-        matches!(self.backend, Backend::Sqlite(_))
     }
 
     /// Can the database take a write now? Takes the write lock (`BEGIN IMMEDIATE`) on a

@@ -261,24 +261,15 @@ async fn attempt(shared: &Shared, row: &DueWebhook) -> Outcome {
             status: Some(resp.status().as_u16()),
             error: format!("HTTP {}", resp.status()),
         },
-        Err(e) if refused_by_resolver(&e) => Outcome::Refused(error_chain(&e)),
+        // The client's resolver refused the host (address::PublicOnly).
+        Err(e) if crate::error::chain_has::<address::NotPublic>(&e) => {
+            Outcome::Refused(error_chain(&e))
+        }
         Err(e) => Outcome::Failed {
             status: None,
             error: error_chain(&e),
         },
     }
-}
-
-/// Whether the client's resolver refused the host ([`address::PublicOnly`]).
-fn refused_by_resolver(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(e) = cur {
-        if e.is::<address::NotPublic>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }
 
 /// The error and its causes on one line ("error sending request: connection refused"), bounded.

@@ -49,8 +49,19 @@ fn moto_server() -> Option<PathBuf> {
 }
 
 impl Moto {
-    /// Starts moto on a free port and creates the bucket.
+    /// Starts moto on a free port and creates the bucket. The port is free when picked, but
+    /// another test's server may take it before moto binds it (then moto exits, and what answers
+    /// there is not S3): that start is dropped and another port tried.
     async fn start(bin: &std::path::Path) -> Self {
+        for _ in 0..5 {
+            if let Some(moto) = Self::try_start(bin).await {
+                return moto;
+            }
+        }
+        panic!("moto did not start with its bucket on any of 5 ports");
+    }
+
+    async fn try_start(bin: &std::path::Path) -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -62,7 +73,7 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let moto = Self {
+        let mut moto = Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
@@ -70,6 +81,9 @@ impl Moto {
         let deadline = Instant::now() + Duration::from_secs(30);
         while moto.http.get(&moto.endpoint).send().await.is_err() {
             assert!(Instant::now() < deadline, "moto did not start within 30 s");
+            if moto.child.try_wait().ok().flatten().is_some() {
+                return None; // exited: the port was taken
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let res = moto
@@ -78,8 +92,11 @@ impl Moto {
             .send()
             .await
             .unwrap();
-        assert!(res.status().is_success(), "create bucket: {}", res.status());
-        moto
+        if !res.status().is_success() || moto.child.try_wait().ok().flatten().is_some() {
+            moto.stop();
+            return None; // something else answers on this port
+        }
+        Some(moto)
     }
 
     /// A client of the bucket of our own, signing like any S3 client.

@@ -155,6 +155,8 @@ pub struct Running {
     /// Deletes the webhook outbox's finished rows after `--webhook-keep-days`.
     outbox_pruning: JoinHandle<()>,
     webhooks: JoinHandle<()>,
+    /// Several nodes: this node's heartbeat and the sweep of dead nodes' participants.
+    heartbeat: Option<JoinHandle<()>>,
 }
 
 /// Opens the data dir and database, binds the listener and starts serving.
@@ -211,10 +213,31 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     )
     .await
     .context("opening the database")?;
-    store
-        .lock_for_node()
-        .await
-        .context("locking the database for this node")?;
+    let mut store = store;
+    let bus = match &settings.nats_url {
+        // Several nodes: the database numbers events and the bus carries them; no node lock.
+        Some(url) => {
+            store
+                .number_in_database()
+                .context("several nodes (--nats-url)")?;
+            let bus = crate::bus::Bus::connect(url)
+                .await
+                .with_context(|| format!("connecting to NATS at {url}"))?;
+            store
+                .node_heartbeat(bus.node(), crate::store::now_ms())
+                .await
+                .context("recording this node in the database")?;
+            tracing::info!(node = bus.node(), "joined the cluster");
+            Some(Arc::new(bus))
+        }
+        None => {
+            store
+                .lock_for_node()
+                .await
+                .context("locking the database for this node")?;
+            None
+        }
+    };
     tracing::info!(database = store.describe(), "database open");
     // Keys created with `capturelink api-key create`, besides those of the settings or key file.
     let api_keys = api_keys.with_store(store.clone());
@@ -270,7 +293,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         turn_ttl_s: settings.turn_ttl,
     };
     let state = AppState(Arc::new(AppInner {
-        registry: Registry::new(store.clone(), outbox.clone()),
+        registry: Registry::new(store.clone(), outbox.clone(), bus.clone()),
         store,
         media,
         pipeline,
@@ -303,6 +326,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         state.shutdown.clone(),
     ));
     let sweeper = tokio::spawn(sweep_expired(state.clone()));
+    let heartbeat = bus.map(|bus| tokio::spawn(keep_node_alive(state.clone(), bus)));
     let retention = state.settings.retention_days.map(|days| {
         tokio::spawn(crate::retention::run(
             state.store.clone(),
@@ -328,6 +352,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         retention,
         webhooks,
         outbox_pruning,
+        heartbeat,
     })
 }
 
@@ -359,6 +384,66 @@ async fn sweep_expired(state: AppState) {
             }
         }
     }
+}
+
+/// Several nodes: records every few seconds that this node is alive, and tells the peers of the
+/// participants of nodes that stopped doing so (died, or were cut off) that they left. On
+/// shutdown the node's record goes, so its participants count as gone at once.
+async fn keep_node_alive(state: AppState, bus: Arc<crate::bus::Bus>) {
+    use crate::session::cluster::{HEARTBEAT, NODE_STALE_MS};
+    use crate::signaling::protocol::{Event, LeaveReason};
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = crate::store::now_ms();
+        if let Err(e) = state.store.node_heartbeat(bus.node(), now).await {
+            tracing::warn!(error = %e, "could not record this node's heartbeat");
+        }
+        let gone = match state
+            .store
+            .sweep_orphaned_participants(now - NODE_STALE_MS)
+            .await
+        {
+            Ok(gone) => gone,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not sweep the participants of dead nodes");
+                continue;
+            }
+        };
+        for (session, role) in gone {
+            let Some(role) = crate::auth::Role::parse(&role) else {
+                continue;
+            };
+            tracing::info!(session = %session, role = role.as_str(), "participant's node is gone");
+            let open = matches!(state.store.get_session(&session).await, Ok(Some(s)) if s.status.is_open());
+            let left = Event::PeerLeft {
+                role,
+                reason: LeaveReason::Timeout,
+            };
+            let told = async {
+                bus.gone(&session, role).await?;
+                if open {
+                    state
+                        .registry
+                        .publish(&session, &[role.peer()], &left)
+                        .await?;
+                }
+                Ok::<_, crate::session::RoomError>(())
+            }
+            .await;
+            if let Err(e) = told {
+                tracing::warn!(session = %session, error = %e, "could not tell the peer");
+            }
+        }
+    }
+    if let Err(e) = state.store.forget_node(bus.node()).await {
+        tracing::warn!(error = %e, "could not remove this node's record");
+    }
+    bus.flush().await;
 }
 
 impl Running {
@@ -401,6 +486,9 @@ impl Running {
         }
         let _ = self.webhooks.await;
         let _ = self.outbox_pruning.await;
+        if let Some(heartbeat) = self.heartbeat {
+            let _ = heartbeat.await;
+        }
         self.state.tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), self.state.tracker.wait())
             .await

@@ -338,6 +338,12 @@ pub struct Settings {
     #[arg(long, env = "CAPTURELINK_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Several nodes: the NATS server (`nats://host:4222`) that carries live events between the
+    /// nodes sharing `--database-url`. Needs PostgreSQL, and on every node the same `--secret`
+    /// and `--webhook-secret` (and images in S3, `--media-url`). Default: one node, no bus.
+    #[arg(long, env = "CAPTURELINK_NATS_URL")]
+    pub nats_url: Option<String>,
+
     /// Where the images go: `s3://bucket[/prefix]` for S3-compatible object storage (with the
     /// `--s3-*` settings). Default: the `media` directory of the data dir.
     #[arg(long, env = "CAPTURELINK_MEDIA_URL")]
@@ -485,6 +491,24 @@ impl Settings {
                     .into(),
             );
         }
+        if let Some(url) = &self.nats_url {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return Err("--nats-url must be a nats:// or tls:// URL".into());
+            }
+            if self.database_url.is_none() {
+                return Err(
+                    "--nats-url (several nodes) needs the database on PostgreSQL: --database-url"
+                        .into(),
+                );
+            }
+            if self.secret.is_none() || self.webhook_secret.is_none() {
+                return Err(
+                    "--nats-url (several nodes) needs --secret and --webhook-secret, the \
+                            same on every node (each node would generate its own)"
+                        .into(),
+                );
+            }
+        }
         match &self.media_url {
             Some(url) => {
                 crate::media::S3Location::parse(url)?;
@@ -591,6 +615,21 @@ mod tests {
         assert_eq!(s.validate(), Ok(()));
         s.database_url = Some("sqlite://data/capturelink.db".into());
         assert!(s.validate().unwrap_err().contains("postgres://"));
+    }
+
+    #[test]
+    fn several_nodes_need_postgres_and_shared_secrets() {
+        let mut s = Settings::with_data_dir("/tmp/x");
+        assert_eq!(s.nats_url, None);
+        s.nats_url = Some("nats://127.0.0.1:4222".into());
+        assert!(s.validate().unwrap_err().contains("--database-url"));
+        s.database_url = Some("postgres://db.internal/capturelink".into());
+        assert!(s.validate().unwrap_err().contains("--secret"));
+        s.secret = Some("a shared secret of enough length".into());
+        s.webhook_secret = Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into());
+        assert_eq!(s.validate(), Ok(()));
+        s.nats_url = Some("http://127.0.0.1:4222".into());
+        assert!(s.validate().unwrap_err().contains("nats://"));
     }
 
     #[test]

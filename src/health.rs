@@ -21,8 +21,8 @@ pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     Ok(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
-/// `GET /readyz`: 200 when the database takes a write and the data dir has room, else 503 with
-/// what failed.
+/// `GET /readyz`: 200 when the database takes a write, the data dir has room and (several nodes)
+/// the bus is connected, else 503 with what failed.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let database = match state.store.check_writable().await {
         Ok(()) => json!({"ok": true}),
@@ -39,7 +39,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             json!({"ok": false, "error": "cannot read the data dir's free space"})
         }
     };
-    let ready = database["ok"] == true && disk["ok"] == true;
+    let mut checks = json!({"database": database, "disk": disk});
+    // Several nodes: a node cut off from NATS cannot reach the peers of its connections.
+    if let Some(bus) = state.registry.bus() {
+        checks["bus"] = if bus.is_connected() {
+            json!({"ok": true})
+        } else {
+            tracing::warn!("readiness: not connected to NATS");
+            json!({"ok": false, "error": "not connected to NATS"})
+        };
+    }
+    let ready = checks
+        .as_object()
+        .is_some_and(|c| c.values().all(|check| check["ok"] == true));
     let status = if ready {
         StatusCode::OK
     } else {
@@ -47,7 +59,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     };
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "checks": {"database": database, "disk": disk},
+        "checks": checks,
     });
     let mut res = (status, Json(body)).into_response();
     if !ready {

@@ -50,7 +50,7 @@ pub async fn export_session(
         .ok_or_else(|| ApiError::not_found("session"))?;
     let slots = state.store.slots(&id).await?;
     let captures = state.store.list_captures(&id).await?;
-    let mut session = SessionView::new(&row, slots, state.registry.presence(&id), now_ms());
+    let mut session = SessionView::new(&row, slots, state.registry.presence(&id).await?, now_ms());
     session.capture_count = captures.len() as u64;
     let views: Vec<CaptureView> = captures
         .iter()

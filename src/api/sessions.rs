@@ -290,7 +290,12 @@ fn with_links(state: &AppState, row: &SessionRow, view: SessionView) -> SessionW
 
 async fn load_view(state: &AppState, row: &SessionRow) -> Result<SessionView, ApiError> {
     let slots = state.store.slots(&row.id).await?;
-    let mut view = SessionView::new(row, slots, state.registry.presence(&row.id), now_ms());
+    let mut view = SessionView::new(
+        row,
+        slots,
+        state.registry.presence(&row.id).await?,
+        now_ms(),
+    );
     view.capture_count = state.store.capture_count(&row.id).await?;
     Ok(view)
 }

@@ -2,6 +2,7 @@
 //! sequencing their events and keeping the event log that makes resume possible.
 
 mod close;
+pub mod cluster;
 mod registry;
 mod room;
 pub mod view;

@@ -12,21 +12,25 @@ use crate::store::{SessionStatus, SlotRow, Store, now_ms};
 use super::view::CaptureView;
 use crate::webhooks::{Outbox, OutboxRow};
 
-use super::room::{ConnHandle, Joined, Room, RoomError};
+use super::room::{ConnHandle, Joined, Room, RoomError, Watch};
 use super::view::Presence;
+use crate::bus::Bus;
 
 pub struct Registry {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
     store: Store,
     outbox: Arc<Outbox>,
+    /// Several nodes: the bus to the others (see `super::cluster`).
+    cluster: Option<Arc<Bus>>,
 }
 
 impl Registry {
-    pub fn new(store: Store, outbox: Arc<Outbox>) -> Self {
+    pub fn new(store: Store, outbox: Arc<Outbox>, cluster: Option<Arc<Bus>>) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
             store,
             outbox,
+            cluster,
         }
     }
 
@@ -39,11 +43,15 @@ impl Registry {
         self.lock()
             .entry(id.to_owned())
             .or_insert_with(|| {
-                Arc::new(Room::new(
-                    id.to_owned(),
-                    self.store.clone(),
-                    self.outbox.clone(),
-                ))
+                Arc::new_cyclic(|me| {
+                    Room::new(
+                        id.to_owned(),
+                        self.store.clone(),
+                        self.outbox.clone(),
+                        self.cluster.clone(),
+                        me.clone(),
+                    )
+                })
             })
             .clone()
     }
@@ -172,15 +180,16 @@ impl Registry {
                         }
                         Ok((events, ()))
                     },
-                    |rows, ()| async move {
+                    |mut rows, ()| async move {
                         self.store
-                            .insert_capture(&NewCapture {
+                            .insert_capture(NewCapture {
                                 capture,
                                 fulfils: capture.request_id.as_deref(),
-                                events: &rows,
+                                events: &mut rows,
                                 outbox,
                             })
-                            .await
+                            .await?;
+                        Ok(rows)
                     },
                 )
                 .await?;
@@ -210,9 +219,17 @@ impl Registry {
                             capture_id: None,
                         };
                         checklist.push(row.clone());
-                        Ok((vec![(Role::BOTH.to_vec(), Event::ChecklistUpdated { checklist })], row))
+                        Ok((
+                            vec![(Role::BOTH.to_vec(), Event::ChecklistUpdated { checklist })],
+                            row,
+                        ))
                     },
-                    |rows, row| async move { self.store.insert_slot_with_events(id, &row, &rows).await },
+                    |mut rows, row| async move {
+                        self.store
+                            .insert_slot_with_events(id, &row, &mut rows)
+                            .await?;
+                        Ok(rows)
+                    },
                 )
                 .await?;
                 Ok(room)
@@ -228,23 +245,30 @@ impl Registry {
         id: &str,
         role: Role,
         after: Option<i64>,
-    ) -> Result<
-        (
-            Vec<(i64, String)>,
-            tokio::sync::mpsc::Receiver<(i64, String)>,
-        ),
-        RoomError,
-    > {
+    ) -> Result<Watch, RoomError> {
         self.with_room(id, |room| async move { room.watch(role, after).await })
             .await
     }
 
-    /// Who is connected to a session on this node.
-    pub fn presence(&self, id: &str) -> Presence {
-        self.lock()
+    /// Who is connected to a session: on one node, to this node; with several, to any node
+    /// alive (read from the participants rows).
+    pub async fn presence(&self, id: &str) -> Result<Presence, crate::store::StoreError> {
+        if self.cluster.is_some() {
+            let roles = self
+                .store
+                .connected_roles(id, now_ms() - super::cluster::NODE_STALE_MS)
+                .await?;
+            let has = |role: Role| roles.iter().any(|r| r == role.as_str());
+            return Ok(Presence {
+                agent: has(Role::Agent),
+                customer: has(Role::Customer),
+            });
+        }
+        Ok(self
+            .lock()
             .get(id)
             .map(|r| r.presence())
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     /// How many sessions have at least one participant connected.
@@ -270,6 +294,11 @@ impl Registry {
             }
         }
         Ok(n)
+    }
+
+    /// The bus to the other nodes, when there are several.
+    pub fn bus(&self) -> Option<&Arc<Bus>> {
+        self.cluster.as_ref()
     }
 
     pub fn live_rooms(&self) -> usize {

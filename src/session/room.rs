@@ -11,12 +11,13 @@
 //! nothing falls between replay and live. The lock is per room; rooms never wait on each other,
 //! and the log's group commit lets many rooms share one fsync.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, mpsc};
 
 use crate::auth::Role;
+use crate::bus::{Bus, BusError};
 use crate::signaling::protocol::{self, ClientMsg, Event, LeaveReason, ProtocolError};
 use crate::store::events::{Chain, SeqMark};
 use crate::store::{EventRow, SessionRow, SessionStatus, SlotRow, Store, StoreError, now_ms};
@@ -109,6 +110,8 @@ pub enum RoomError {
     PeerAbsent,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
 }
 
 impl RoomError {
@@ -127,7 +130,7 @@ impl RoomError {
                 "replaced",
                 "this connection was replaced by a newer one".to_owned(),
             ),
-            RoomError::Store(StoreError::Busy(_) | StoreError::Full(_)) => {
+            RoomError::Store(StoreError::Busy(_) | StoreError::Full(_)) | RoomError::Bus(_) => {
                 ("unavailable", "the service is busy; send again".to_owned())
             }
             other => {
@@ -164,34 +167,55 @@ pub struct Joined {
 /// `Last-Event-ID`).
 const WATCH_QUEUE: usize = 256;
 
-struct Watcher {
-    role: Role,
+/// An event-stream watcher's start: the events it missed, and a channel of the ones that follow.
+pub type Watch = (Vec<(i64, String)>, mpsc::Receiver<(i64, String)>);
+
+pub(super) struct Watcher {
+    pub(super) role: Role,
     tx: mpsc::Sender<(i64, String)>,
 }
 
 #[derive(Default)]
-struct RoomState {
-    loaded: bool,
-    retired: bool,
-    ended: Option<SessionStatus>,
-    expires_at: i64,
-    /// The last seq issued to each role (indexed by `Role::index`).
-    seq: [i64; 2],
-    conns: [Option<ConnHandle>; 2],
+pub(super) struct RoomState {
+    pub(super) loaded: bool,
+    pub(super) retired: bool,
+    pub(super) ended: Option<SessionStatus>,
+    pub(super) expires_at: i64,
+    /// The last seq issued to each role (indexed by `Role::index`); with several nodes, the
+    /// last seq this node has handed on to it.
+    pub(super) seq: [i64; 2],
+    pub(super) conns: [Option<ConnHandle>; 2],
+    /// With several nodes: the epoch each local connection claimed, and the task handing on what
+    /// the bus brings.
+    pub(super) epoch: [i64; 2],
+    pub(super) listener: Option<tokio::task::AbortHandle>,
 }
 
 pub struct Room {
     pub id: String,
-    store: Store,
+    pub(super) store: Store,
     outbox: Arc<Outbox>,
-    state: Mutex<RoomState>,
-    present: [AtomicBool; 2],
+    pub(super) state: Mutex<RoomState>,
+    /// Who is connected: on one node, to this room; with several, anywhere (the participants
+    /// rows, kept current by the bus).
+    pub(super) present: [AtomicBool; 2],
     /// The seq marks of relayed signals, per recipient (indexed by `Role::index`).
     marks: [Arc<SeqMark>; 2],
     /// Event-stream watchers; written under the state lock, read by the writer's continuations too.
     watchers: std::sync::Mutex<Vec<Watcher>>,
     /// The relayed messages queued to the event log and not yet handed on.
     pipeline: Pipeline,
+    /// Several nodes: the bus to the others (see `super::cluster`). None on one node.
+    pub(super) cluster: Option<Arc<Bus>>,
+    pub(super) me: Weak<Room>,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if let Some(listener) = self.state.get_mut().listener.take() {
+            listener.abort();
+        }
+    }
 }
 
 /// A room's relayed messages between being numbered and being handed on (see [`Room::relay`]).
@@ -208,7 +232,13 @@ struct Pipeline {
 const NO_REWIND: i64 = i64::MAX;
 
 impl Room {
-    pub(super) fn new(id: String, store: Store, outbox: Arc<Outbox>) -> Self {
+    pub(super) fn new(
+        id: String,
+        store: Store,
+        outbox: Arc<Outbox>,
+        cluster: Option<Arc<Bus>>,
+        me: Weak<Room>,
+    ) -> Self {
         // In `Role::index` order, like `seq` and `conns`.
         let marks = Role::BOTH.map(|r| SeqMark::new(id.clone(), r.as_str()));
         let pipeline = Pipeline {
@@ -224,10 +254,12 @@ impl Room {
             present: [AtomicBool::new(false), AtomicBool::new(false)],
             watchers: std::sync::Mutex::new(Vec::new()),
             pipeline,
+            cluster,
+            me,
         }
     }
 
-    fn watchers(&self) -> std::sync::MutexGuard<'_, Vec<Watcher>> {
+    pub(super) fn watchers(&self) -> std::sync::MutexGuard<'_, Vec<Watcher>> {
         self.watchers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -301,7 +333,7 @@ impl Room {
     }
 
     /// Hands a committed event to its recipient's connection (if any) and event-stream watchers.
-    fn hand_on(&self, role: Role, seq: i64, body: String, conn: Option<&ConnHandle>) {
+    pub(super) fn hand_on(&self, role: Role, seq: i64, body: String, conn: Option<&ConnHandle>) {
         self.watchers()
             .retain(|w| w.role != role || w.tx.try_send((seq, body.clone())).is_ok());
         if let Some(conn) = conn {
@@ -319,27 +351,36 @@ impl Room {
     /// Reads what the room needs from the database the first time it is used (also after a restart:
     /// the seq counters continue from the log).
     async fn ensure_loaded(&self, st: &mut RoomState) -> Result<(), RoomError> {
+        if let Some(bus) = &self.cluster {
+            return self.load_clustered(bus, st).await;
+        }
         if st.retired {
             return Err(RoomError::Retired);
         }
         if !st.loaded {
-            let session = self
-                .store
-                .get_session(&self.id)
-                .await?
-                .ok_or(RoomError::NotFound)?;
-            let (agent, customer) = self.store.last_seqs(&self.id).await?;
-            st.seq = [agent, customer];
-            st.expires_at = session.expires_at;
-            if !session.status.is_open() {
-                st.ended = Some(session.status);
-            }
+            self.read_state(st).await?;
             st.loaded = true;
         }
         Ok(())
     }
 
-    fn check_open(&self, st: &RoomState) -> Result<(), RoomError> {
+    /// Reads the session's state and where each recipient's log stands.
+    pub(super) async fn read_state(&self, st: &mut RoomState) -> Result<(), RoomError> {
+        let session = self
+            .store
+            .get_session(&self.id)
+            .await?
+            .ok_or(RoomError::NotFound)?;
+        let (agent, customer) = self.store.last_seqs(&self.id).await?;
+        st.seq = [agent, customer];
+        st.expires_at = session.expires_at;
+        if !session.status.is_open() {
+            st.ended = Some(session.status);
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_open(&self, st: &RoomState) -> Result<(), RoomError> {
         match st.ended {
             Some(s) => Err(RoomError::Ended(s)),
             None if now_ms() >= st.expires_at => Err(RoomError::Ended(SessionStatus::Expired)),
@@ -349,7 +390,11 @@ impl Room {
 
     /// Logs a durable event for each recipient, then queues it to those connected.
     /// Numbers events for their recipients without committing the numbers yet.
-    fn stage(&self, st: &RoomState, events: &[(&[Role], &Event)]) -> Vec<(Role, EventRow)> {
+    pub(super) fn stage(
+        &self,
+        st: &RoomState,
+        events: &[(&[Role], &Event)],
+    ) -> Vec<(Role, EventRow)> {
         let now = now_ms();
         let mut next = st.seq;
         let mut rows = Vec::new();
@@ -390,6 +435,9 @@ impl Room {
         to: &[Role],
         event: &Event,
     ) -> Result<(), RoomError> {
+        if let Some(bus) = &self.cluster {
+            return self.publish_clustered(bus, st, to, event).await;
+        }
         self.settle(st).await;
         let staged = self.stage(st, &[(to, event)]);
         let rows = staged.iter().map(|(_, r)| r.clone()).collect();
@@ -409,7 +457,8 @@ impl Room {
     /// (a capture row, a new checklist slot), so the change and its events are durable together.
     /// Refused once the session has ended.
     /// `prepare` runs under the lock, so what it reads (the checklist, say) is current; it returns
-    /// the events and whatever `write` needs besides their rows.
+    /// the events and whatever `write` needs besides their rows; `write` gives the rows back as
+    /// committed (numbered by the database when several nodes share it).
     pub async fn publish_with<T, P, PFut, W, WFut>(
         &self,
         prepare: P,
@@ -419,7 +468,7 @@ impl Room {
         P: FnOnce() -> PFut,
         PFut: std::future::Future<Output = Result<(Vec<(Vec<Role>, Event)>, T), RoomError>>,
         W: FnOnce(Vec<EventRow>, T) -> WFut,
-        WFut: std::future::Future<Output = Result<(), StoreError>>,
+        WFut: std::future::Future<Output = Result<Vec<EventRow>, StoreError>>,
     {
         let mut st = self.state.lock().await;
         self.ensure_loaded(&mut st).await?;
@@ -429,22 +478,35 @@ impl Room {
         let refs: Vec<(&[Role], &Event)> =
             events.iter().map(|(to, e)| (to.as_slice(), e)).collect();
         let staged = self.stage(&st, &refs);
-        write(staged.iter().map(|(_, r)| r.clone()).collect(), extra).await?;
-        self.deliver(&mut st, staged);
+        let rows = write(staged.iter().map(|(_, r)| r.clone()).collect(), extra).await?;
+        match &self.cluster {
+            Some(bus) => self.announce(bus, rows).await?,
+            None => self.deliver(&mut st, staged),
+        }
         Ok(())
     }
 
     /// Subscribes to a role's durable events (the SSE stream): the events after `after`, read under
     /// the lock, and a channel of the ones that follow, so none falls between.
-    pub async fn watch(
-        &self,
-        role: Role,
-        after: Option<i64>,
-    ) -> Result<(Vec<(i64, String)>, mpsc::Receiver<(i64, String)>), RoomError> {
+    pub async fn watch(&self, role: Role, after: Option<i64>) -> Result<Watch, RoomError> {
+        if let Some(bus) = &self.cluster {
+            return self.watch_clustered(bus, role, after).await;
+        }
         let mut st = self.state.lock().await;
         self.ensure_loaded(&mut st).await?;
         self.settle(&mut st).await;
         let current = st.seq[role.index()];
+        self.add_watcher(&st, role, after, current).await
+    }
+
+    /// A new watcher of `role`: the events after `after` up to `current`, then the live ones.
+    pub(super) async fn add_watcher(
+        &self,
+        st: &RoomState,
+        role: Role,
+        after: Option<i64>,
+        current: i64,
+    ) -> Result<Watch, RoomError> {
         let replay = match after {
             Some(n) if n < current => {
                 self.store
@@ -469,27 +531,14 @@ impl Room {
         conn: ConnHandle,
         last_seq: Option<i64>,
     ) -> Result<Joined, RoomError> {
+        if let Some(bus) = &self.cluster {
+            return self.join_clustered(bus, role, conn, last_seq).await;
+        }
         let mut st = self.state.lock().await;
         self.ensure_loaded(&mut st).await?;
         self.check_open(&st)?;
         self.settle(&mut st).await;
-        let mut session = self
-            .store
-            .get_session(&self.id)
-            .await?
-            .ok_or(RoomError::NotFound)?;
-        if session.status == SessionStatus::Created {
-            let now = now_ms();
-            let data = serde_json::json!({"started_at": rfc3339(now), "first_role": role});
-            let outbox = self
-                .outbox
-                .rows(&session, EventType::SessionStarted, data, now);
-            if self.store.mark_active(&self.id, now, &outbox).await? {
-                session.status = SessionStatus::Active;
-                session.started_at = Some(now);
-                self.outbox.notify();
-            }
-        }
+        let session = self.activate(role).await?;
 
         let peer = role.peer();
         let replaced = st.conns[role.index()].replace(conn);
@@ -518,7 +567,21 @@ impl Room {
             return Err(e);
         }
 
-        let current = st.seq[role.index()];
+        let peer_present = st.conns[peer.index()].is_some();
+        self.joined(role, session, last_seq, st.seq[role.index()], peer_present)
+            .await
+    }
+
+    /// What a joining connection is sent: the session's state, and the events after its
+    /// `last_seq` up to `current` when it resumes.
+    pub(super) async fn joined(
+        &self,
+        role: Role,
+        session: SessionRow,
+        last_seq: Option<i64>,
+        current: i64,
+        peer_present: bool,
+    ) -> Result<Joined, RoomError> {
         let (resumed, replay) = match last_seq {
             Some(n) if (0..=current).contains(&n) => {
                 let rows = self
@@ -535,15 +598,40 @@ impl Room {
             captures,
             session,
             slots,
-            peer_present: st.conns[peer.index()].is_some(),
+            peer_present,
             last_seq: current,
             resumed,
             replay,
         })
     }
 
+    /// The session's row, made `active` by its first join (with its `session.started` webhook).
+    pub(super) async fn activate(&self, role: Role) -> Result<SessionRow, RoomError> {
+        let mut session = self
+            .store
+            .get_session(&self.id)
+            .await?
+            .ok_or(RoomError::NotFound)?;
+        if session.status == SessionStatus::Created {
+            let now = now_ms();
+            let data = serde_json::json!({"started_at": rfc3339(now), "first_role": role});
+            let outbox = self
+                .outbox
+                .rows(&session, EventType::SessionStarted, data, now);
+            if self.store.mark_active(&self.id, now, &outbox).await? {
+                session.status = SessionStatus::Active;
+                session.started_at = Some(now);
+                self.outbox.notify();
+            }
+        }
+        Ok(session)
+    }
+
     /// The connection `conn_id` of `role` is gone. Returns true when the room is now empty.
     pub async fn leave(&self, role: Role, conn_id: u64, reason: LeaveReason) -> bool {
+        if let Some(bus) = &self.cluster {
+            return self.leave_clustered(bus, role, conn_id, reason).await;
+        }
         let mut st = self.state.lock().await;
         if st.conns[role.index()].as_ref().map(|c| c.id) == Some(conn_id) {
             st.conns[role.index()] = None;
@@ -576,6 +664,11 @@ impl Room {
         let Some(event) = Event::relayed(from, msg) else {
             return Ok(Routed::Now);
         };
+        if let Some(bus) = &self.cluster {
+            // Acknowledged once logged and announced; the window's place goes with it.
+            drop(ticket);
+            return self.relay_clustered(bus, from, conn_id, event).await;
+        }
         let mut st = self.state.lock().await;
         let Some(sender) = st.conns[from.index()].clone().filter(|c| c.id == conn_id) else {
             return Err(RoomError::NotCurrent);
@@ -640,6 +733,43 @@ impl Room {
             return Ok(false);
         }
         self.settle(&mut st).await;
+        let Some(rows) = self.end_rows(&st, status, by).await? else {
+            // Ended elsewhere (another node, or the sweeper racing a REST call): take the
+            // stored state.
+            let stored = self
+                .store
+                .get_session(&self.id)
+                .await?
+                .ok_or(RoomError::NotFound)?;
+            st.ended = Some(stored.status);
+            return Ok(false);
+        };
+        st.ended = Some(status);
+        if let Some(bus) = &self.cluster {
+            // Every node (this one too) closes its connections when the end reaches it, after
+            // handing on `session.closed`.
+            self.announce(bus, rows).await?;
+            bus.end(&self.id, status).await?;
+            return Ok(true);
+        }
+        for row in rows {
+            let role = Role::parse(row.role).expect("rows are for a role");
+            st.seq[role.index()] = row.seq;
+            self.hand_on(role, row.seq, row.body, st.conns[role.index()].as_ref());
+        }
+        // Event streams end with the session: their last event is `session.closed`.
+        self.close_all(&mut st, status);
+        Ok(true)
+    }
+
+    /// Commits the end of the session: the status, `session.closed` to both roles and its
+    /// webhook, together. The rows as committed, or None if the session had ended already.
+    pub(super) async fn end_rows(
+        &self,
+        st: &RoomState,
+        status: SessionStatus,
+        by: &str,
+    ) -> Result<Option<Vec<EventRow>>, RoomError> {
         let session = self
             .store
             .get_session(&self.id)
@@ -654,8 +784,11 @@ impl Room {
             reason,
             by: by.to_owned(),
         };
-        let staged = self.stage(&st, &[(&Role::BOTH, &event)]);
-        let rows: Vec<EventRow> = staged.iter().map(|(_, r)| r.clone()).collect();
+        let mut rows: Vec<EventRow> = self
+            .stage(st, &[(&Role::BOTH, &event)])
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
         let now = now_ms();
         let data = serde_json::json!({
             "status": status.as_str(),
@@ -666,44 +799,15 @@ impl Room {
         let outbox = self
             .outbox
             .rows(&session, EventType::SessionClosed, data, now);
-        // The status change, `session.closed` and its webhook commit together.
         let ended_now = self
             .store
-            .end_session(&self.id, status, now, by, &rows, &outbox)
+            .end_session(&self.id, status, now, by, &mut rows, &outbox)
             .await?;
         if !ended_now {
-            // Ended elsewhere (another node, or the sweeper racing a REST call): take the stored state.
-            let stored = self
-                .store
-                .get_session(&self.id)
-                .await?
-                .ok_or(RoomError::NotFound)?;
-            st.ended = Some(stored.status);
-            return Ok(false);
+            return Ok(None);
         }
         self.outbox.notify();
-        self.deliver(&mut st, staged);
-        st.ended = Some(status);
-        let spec = if status == SessionStatus::Expired {
-            CloseSpec {
-                code: close_code::EXPIRED,
-                reason: "session expired",
-            }
-        } else {
-            CloseSpec {
-                code: close_code::SESSION_CLOSED,
-                reason: "session closed",
-            }
-        };
-        // Event streams end with the session: their last event is `session.closed`.
-        self.watchers().clear();
-        for (i, slot) in st.conns.iter_mut().enumerate() {
-            if let Some(conn) = slot.take() {
-                conn.close(spec);
-            }
-            self.present[i].store(false, Ordering::Relaxed);
-        }
-        Ok(true)
+        Ok(Some(rows))
     }
 
     /// Marks the room retired if nobody is connected, running `unlist` (its removal from the
@@ -717,6 +821,9 @@ impl Room {
         };
         if st.conns.iter().all(Option::is_none) && !watched && !st.retired {
             st.retired = true;
+            if let Some(listener) = st.listener.take() {
+                listener.abort();
+            }
             unlist();
         }
     }

@@ -589,6 +589,26 @@ impl Event {
     }
 }
 
+/// An event's text (from [`Event::to_text`]) with another `seq`: the database numbers events
+/// when several nodes share it, after the body was rendered. `seq` is the first member.
+pub fn with_seq(body: &str, seq: i64) -> String {
+    const HEAD: &str = "{\"seq\":";
+    let rest = body
+        .strip_prefix(HEAD)
+        .map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit() || c == '-'))
+        .expect("event bodies begin with their seq");
+    format!("{HEAD}{seq}{rest}")
+}
+
+/// The `seq` of an event's text (from [`Event::to_text`]).
+pub fn seq_of(body: &str) -> Option<i64> {
+    let rest = body.strip_prefix("{\"seq\":")?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// Replies that carry no `seq`; `type` comes first for whoever reads them by eye.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -634,6 +654,19 @@ mod tests {
 
     fn round_trip(v: Value) -> Incoming {
         parse(&v.to_string()).unwrap_or_else(|e| panic!("{v}: {e:?}"))
+    }
+
+    #[test]
+    fn an_event_text_is_renumbered_and_its_seq_read() {
+        let event = Event::PeerJoined {
+            role: crate::auth::Role::Agent,
+        };
+        let text = event.to_text(7);
+        assert_eq!(seq_of(&text), Some(7));
+        let renumbered = with_seq(&text, 1234);
+        assert_eq!(renumbered, event.to_text(1234));
+        assert_eq!(seq_of(&renumbered), Some(1234));
+        assert_eq!(seq_of(r#"{"type":"ack"}"#), None);
     }
 
     #[test]

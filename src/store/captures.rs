@@ -57,7 +57,7 @@ pub struct NewCapture<'a> {
     pub capture: &'a CaptureRow,
     /// Marks this capture request fulfilled.
     pub fulfils: Option<&'a str>,
-    pub events: &'a [EventRow],
+    pub events: &'a mut [EventRow],
     pub outbox: &'a [OutboxRow],
 }
 
@@ -198,8 +198,12 @@ impl Store {
     }
 
     /// Inserts a capture, fills its slot, fulfils its request and logs its events, atomically.
-    pub async fn insert_capture(&self, new: &NewCapture<'_>) -> Result<()> {
-        let db = on_postgres!(self, |pg| postgres::captures::insert_capture(pg, new).await);
+    pub async fn insert_capture(&self, new: NewCapture<'_>) -> Result<()> {
+        let numbered = self.numbers_events();
+        let db = on_postgres!(self, |pg| postgres::captures::insert_capture(
+            pg, new, numbered
+        )
+        .await);
         let c = new.capture;
         let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         let sql = format!(
@@ -272,10 +276,11 @@ impl Store {
         &self,
         session_id: &str,
         slot: &SlotRow,
-        events: &[EventRow],
+        events: &mut [EventRow],
     ) -> Result<()> {
+        let numbered = self.numbers_events();
         let db = on_postgres!(self, |pg| postgres::captures::insert_slot_with_events(
-            pg, session_id, slot, events
+            pg, session_id, slot, events, numbered
         )
         .await);
         let mut tx = db.write.begin().await.map_err(StoreError::classify)?;

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod api_keys;
 pub mod captures;
+pub mod cluster;
 pub mod events;
 pub mod postgres;
 pub mod retention;
@@ -101,6 +102,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     backend: Backend,
     appender: Appender,
+    /// Several nodes share the database (PostgreSQL only): events take their seq from the
+    /// session's counter rows as they are written ([`Store::number_in_database`]).
+    numbers_events: bool,
 }
 
 #[derive(Clone)]
@@ -191,6 +195,7 @@ impl Store {
                 probe_opts: opts.busy_timeout(Duration::from_millis(500)),
             })),
             appender,
+            numbers_events: false,
         })
     }
 
@@ -204,6 +209,7 @@ impl Store {
                 node_lock: tokio::sync::Mutex::new(NodeLock::None),
             })),
             appender,
+            numbers_events: false,
         })
     }
 

@@ -342,11 +342,12 @@ impl Store {
         status: SessionStatus,
         now: i64,
         by: &str,
-        events: &[EventRow],
+        events: &mut [EventRow],
         outbox: &[OutboxRow],
     ) -> Result<bool> {
+        let numbered = self.numbers_events();
         let db = on_postgres!(self, |pg| postgres::sessions::end_session(
-            pg, id, status, now, by, events, outbox
+            pg, id, status, now, by, events, outbox, numbered
         )
         .await);
         debug_assert!(!status.is_open());

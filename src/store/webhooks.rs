@@ -103,6 +103,9 @@ pub async fn enqueue_webhook(
 pub(crate) const PRUNE_WEBHOOKS: &str = "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM \
      webhook_outbox WHERE status <> 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2)";
 
+/// How long a claimed outbox row is this node's (several nodes): well past a delivery's timeout.
+pub const WEBHOOK_LEASE_MS: i64 = 60_000;
+
 impl Store {
     /// Writes deliveries in a transaction of their own, for callers that hold none.
     pub async fn enqueue_webhooks(&self, rows: &[OutboxRow]) -> Result<()> {
@@ -120,8 +123,12 @@ impl Store {
 
     /// Pending deliveries due at `now`, the longest waiting first.
     pub async fn due_webhooks(&self, now: i64, limit: u32) -> Result<Vec<DueWebhook>> {
-        let db = on_postgres!(self, |pg| postgres::webhooks::due_webhooks(pg, now, limit)
-            .await);
+        let claims = self.claims_webhooks();
+        let db = on_postgres!(self, |pg| if claims {
+            postgres::webhooks::claim_webhooks(pg, now, limit, WEBHOOK_LEASE_MS).await
+        } else {
+            postgres::webhooks::due_webhooks(pg, now, limit).await
+        });
         let rows = sqlx::query(
             "SELECT id, session_id, url, event_type, payload, created_at, attempts \
              FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= ? \
@@ -133,6 +140,14 @@ impl Store {
         .await
         .map_err(StoreError::classify)?;
         rows.iter().map(|r| Ok(DueWebhook::from_row(r)?)).collect()
+    }
+
+    /// Does [`Store::due_webhooks`] claim the rows it returns (several nodes share the outbox)?
+    /// Then it returns only as many as the caller will deliver now, and each row returned is
+    /// another node's again only after [`WEBHOOK_LEASE_MS`] unless its outcome is recorded.
+    /// Otherwise (one node) it only reads, and the caller skips the rows it has in flight.
+    pub fn claims_webhooks(&self) -> bool {
+        self.numbers_events()
     }
 
     /// The earliest `next_attempt_at` of a pending delivery later than `after`, if any: how long

@@ -104,7 +104,14 @@ impl Dispatcher {
             let now = now_ms();
             let mut sleep_for = settings.poll_interval;
             if in_flight.len() < concurrency {
-                let limit = u32::try_from(concurrency + in_flight.len()).unwrap_or(u32::MAX);
+                // A store that claims rows hands out only rows not in flight, so only as many as
+                // will be delivered now; otherwise those in flight come back too and are skipped.
+                let wanted = if self.shared.store.claims_webhooks() {
+                    concurrency - in_flight.len()
+                } else {
+                    concurrency + in_flight.len()
+                };
+                let limit = u32::try_from(wanted).unwrap_or(u32::MAX);
                 match self.shared.store.due_webhooks(now, limit).await {
                     Ok(rows) => {
                         for row in rows {

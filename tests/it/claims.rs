@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::support::*;
 
 /// How long a test waits for a webhook that retries or a restart stand between.
-const WEBHOOK_WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WEBHOOK_WAIT: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------------------
 // Images, encoded here.
@@ -601,9 +601,9 @@ async fn export_needs_the_api_key_and_a_known_session() {
 // Webhooks: a receiver in the test, signatures checked independently.
 
 #[derive(Debug, Clone)]
-struct Hit {
+pub(crate) struct Hit {
     path: String,
-    id: String,
+    pub(crate) id: String,
     timestamp: String,
     signature: String,
     body: Vec<u8>,
@@ -615,7 +615,7 @@ impl Hit {
         serde_json::from_slice(&self.body).expect("webhook body is JSON")
     }
 
-    fn event_type(&self) -> String {
+    pub(crate) fn event_type(&self) -> String {
         self.json()["type"].as_str().unwrap_or("").to_owned()
     }
 }
@@ -630,11 +630,13 @@ struct Script {
 struct Shared {
     hits: Arc<Mutex<Vec<Hit>>>,
     scripts: Arc<Mutex<HashMap<String, Script>>>,
+    /// How long each request takes to be answered, in ms (0: at once).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A webhook endpoint on 127.0.0.1:0 that records every request; paths answer 200 unless
 /// scripted otherwise.
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     shared: Shared,
 }
@@ -645,6 +647,10 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let delay = shared.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let answered = {
         let mut scripts = shared.scripts.lock().unwrap();
         match scripts.get_mut(&path) {
@@ -671,7 +677,7 @@ async fn record(
 }
 
 impl Receiver {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let shared = Shared::default();
         let app = axum::Router::new()
             .route("/{path}", axum::routing::post(record))
@@ -682,7 +688,15 @@ impl Receiver {
         Self { addr, shared }
     }
 
-    fn url(&self, path: &str) -> String {
+    /// Every request is answered only after `delay` from now on.
+    pub(crate) fn answer_after(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap();
+        self.shared
+            .delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}/{path}", self.addr)
     }
 
@@ -696,7 +710,7 @@ impl Receiver {
         );
     }
 
-    fn hits(&self, path: &str) -> Vec<Hit> {
+    pub(crate) fn hits(&self, path: &str) -> Vec<Hit> {
         self.shared
             .hits
             .lock()
@@ -708,7 +722,7 @@ impl Receiver {
     }
 
     /// Waits until `done` holds for the hits of `path`; panics after `wait`.
-    async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         path: &str,
         wait: Duration,

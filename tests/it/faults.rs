@@ -526,7 +526,13 @@ async fn a_client_that_stops_reading_is_closed_and_other_sessions_p99_is_unchang
     let a_id = a.id.clone();
     let watcher = tokio::spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while registry_state.registry.presence(&a_id).customer {
+        while registry_state
+            .registry
+            .presence(&a_id)
+            .await
+            .unwrap()
+            .customer
+        {
             assert!(
                 Instant::now() < deadline,
                 "the stalled customer was never closed"

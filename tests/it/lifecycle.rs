@@ -470,7 +470,7 @@ async fn a_peer_that_stops_answering_pings_is_dropped_with_reason_timeout() {
             "only the pong before two silent intervals: {got:?}"
         );
     }
-    assert!(srv.state().registry.presence(&s.id).agent);
+    assert!(srv.state().registry.presence(&s.id).await.unwrap().agent);
     // Past them: the agent is dropped, the customer told why.
     let mut got = Vec::new();
     for _ in 0..2 {
@@ -485,7 +485,7 @@ async fn a_peer_that_stops_answering_pings_is_dropped_with_reason_timeout() {
     assert_eq!(left[0]["role"], "agent");
     assert_eq!(left[0]["reason"], "timeout");
     assert_eq!(seq(left[0]), last + 1);
-    assert!(!srv.state().registry.presence(&s.id).agent);
+    assert!(!srv.state().registry.presence(&s.id).await.unwrap().agent);
 
     // The silent agent's connection was ended by the server; the customer's is still up.
     let end = within_real(WAIT, read_to_end(&mut agent, Duration::from_secs(3600))).await;
@@ -577,7 +577,14 @@ async fn a_customer_that_stops_reading_is_closed_and_other_sessions_keep_relayin
         (left["role"].clone(), left["reason"].clone()),
         (json!("customer"), json!("closed"))
     );
-    assert!(!srv.state().registry.presence(&slow.id).customer);
+    assert!(
+        !srv.state()
+            .registry
+            .presence(&slow.id)
+            .await
+            .unwrap()
+            .customer
+    );
     let code = read_to_end(&mut stuck, WAIT).await;
     eprintln!(
         "flood: {sent} messages in {flood_time:?}; stuck customer ended with {code:?}; {} round trips, slowest {:?}",

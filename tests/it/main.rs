@@ -4,6 +4,7 @@ mod support;
 
 mod captures;
 mod claims;
+mod cluster;
 mod conformance;
 mod durability;
 mod faults;

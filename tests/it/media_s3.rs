@@ -17,18 +17,18 @@ use sha2::{Digest, Sha256};
 
 use crate::support::*;
 
-const BUCKET: &str = "claims-media";
+pub(crate) const BUCKET: &str = "claims-media";
 const PREFIX: &str = "node-a";
 
 /// moto's S3 API, killed when dropped.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
-    endpoint: String,
+    pub(crate) endpoint: String,
     http: reqwest::Client,
 }
 
 /// `moto_server`, or None (after a loud line) when the S3 tests are to be skipped.
-fn moto_server() -> Option<PathBuf> {
+pub(crate) fn moto_server() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("CAPTURELINK_TEST_MOTO") {
         return Some(PathBuf::from(path));
     }
@@ -52,7 +52,7 @@ impl Moto {
     /// Starts moto on a free port and creates the bucket. The port is free when picked, but
     /// another test's server may take it before moto binds it (then moto exits, and what answers
     /// there is not S3): that start is dropped and another port tried.
-    async fn start(bin: &std::path::Path) -> Self {
+    pub(crate) async fn start(bin: &std::path::Path) -> Self {
         for _ in 0..5 {
             if let Some(moto) = Self::try_start(bin).await {
                 return moto;

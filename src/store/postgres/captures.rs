@@ -135,7 +135,7 @@ pub async fn capture_request(
     }
 }
 
-pub async fn insert_capture(pool: &PgPool, new: &NewCapture<'_>) -> Result<()> {
+pub async fn insert_capture(pool: &PgPool, new: NewCapture<'_>, numbered: bool) -> Result<()> {
     let c = new.capture;
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
     // Several nodes: FOR SHARE on the session row waits out a purge (or close) in progress and
@@ -208,7 +208,7 @@ pub async fn insert_capture(pool: &PgPool, new: &NewCapture<'_>) -> Result<()> {
             return Err(StoreError::RequestFulfilled);
         }
     }
-    insert_events(&mut tx, new.events).await?;
+    insert_events(&mut tx, new.events, numbered).await?;
     for row in new.outbox {
         enqueue_webhook(&mut tx, row).await?;
     }
@@ -221,10 +221,11 @@ pub async fn insert_slot_with_events(
     pool: &PgPool,
     session_id: &str,
     slot: &SlotRow,
-    events: &[EventRow],
+    events: &mut [EventRow],
+    numbered: bool,
 ) -> Result<()> {
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
     insert_slot(&mut tx, session_id, slot).await?;
-    insert_events(&mut tx, events).await?;
+    insert_events(&mut tx, events, numbered).await?;
     tx.commit().await.map_err(StoreError::classify)
 }

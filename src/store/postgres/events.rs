@@ -28,11 +28,16 @@ pub(crate) async fn write_group(
     tx.commit().await.map_err(StoreError::classify)
 }
 
-/// Inserts event rows inside a caller's transaction.
+/// Inserts event rows inside a caller's transaction, numbering them first from the session's
+/// counters when the database numbers events (several nodes: [`super::cluster::number`]).
 pub async fn insert_events(
     tx: &mut sqlx::Transaction<'_, Postgres>,
-    rows: &[EventRow],
+    rows: &mut [EventRow],
+    numbered: bool,
 ) -> Result<()> {
+    if numbered {
+        super::cluster::number(tx, rows).await?;
+    }
     let rows: Vec<RowRef<'_>> = rows.iter().map(RowRef::from).collect();
     insert_rows(tx, &rows, false).await
 }
@@ -70,11 +75,16 @@ async fn insert_rows(
 }
 
 pub async fn last_seqs(pool: &PgPool, session_id: &str) -> Result<(i64, i64)> {
-    let rows = sqlx::query("SELECT role, MAX(seq) FROM events WHERE session_id = $1 GROUP BY role")
-        .bind(session_id)
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::classify)?;
+    // The counters too: with several nodes the last seq may have gone to a signal, not logged.
+    let rows = sqlx::query(
+        "SELECT role, MAX(seq) FROM (SELECT role, seq FROM events WHERE session_id = $1 \
+         UNION ALL SELECT role, last FROM session_counters WHERE session_id = $1) AS s \
+         GROUP BY role",
+    )
+    .bind(session_id)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::classify)?;
     let (mut agent, mut customer) = (0, 0);
     for r in rows {
         let role: String = r.try_get(0)?;

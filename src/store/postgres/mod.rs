@@ -12,6 +12,7 @@
 
 pub mod api_keys;
 pub mod captures;
+pub mod cluster;
 pub mod events;
 pub mod retention;
 pub mod sessions;

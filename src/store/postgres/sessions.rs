@@ -189,14 +189,17 @@ pub async fn mark_active(pool: &PgPool, id: &str, now: i64, outbox: &[OutboxRow]
     Ok(true)
 }
 
+// The Store method's arguments, and whether the database numbers the events.
+#[allow(clippy::too_many_arguments)]
 pub async fn end_session(
     pool: &PgPool,
     id: &str,
     status: SessionStatus,
     now: i64,
     by: &str,
-    events: &[EventRow],
+    events: &mut [EventRow],
     outbox: &[OutboxRow],
+    numbered: bool,
 ) -> Result<bool> {
     debug_assert!(!status.is_open());
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
@@ -216,10 +219,16 @@ pub async fn end_session(
     if done.rows_affected() != 1 {
         return Ok(false);
     }
-    insert_events(&mut tx, events).await?;
+    insert_events(&mut tx, events, numbered).await?;
     for row in outbox {
         enqueue_webhook(&mut tx, row).await?;
     }
+    // Several nodes: its connections are closed with it, wherever they are.
+    sqlx::query("UPDATE participants SET connected = FALSE WHERE session_id = $1 AND connected")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
     tx.commit().await.map_err(StoreError::classify)?;
     Ok(true)
 }

@@ -56,6 +56,36 @@ pub async fn due_webhooks(pool: &PgPool, now: i64, limit: u32) -> Result<Vec<Due
     rows.iter().map(|r| Ok(DueWebhook::from_row(r)?)).collect()
 }
 
+/// Several nodes: takes up to `limit` due rows for this node, moving each one's next attempt to
+/// `now + lease`, so another node skips them (`SKIP LOCKED`: nodes never wait on each other's
+/// claims). The delivery's outcome sets the row's real next attempt; a node that dies holding a
+/// row leaves it to be taken again when the lease runs out (at least once, same `webhook-id`).
+pub async fn claim_webhooks(
+    pool: &PgPool,
+    now: i64,
+    limit: u32,
+    lease_ms: i64,
+) -> Result<Vec<DueWebhook>> {
+    let rows = sqlx::query(
+        "UPDATE webhook_outbox SET next_attempt_at = $1 + $3 WHERE id IN \
+         (SELECT id FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= $1 \
+         ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, session_id, url, event_type, payload, created_at, attempts",
+    )
+    .bind(now)
+    .bind(i64::from(limit))
+    .bind(lease_ms)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::classify)?;
+    let mut due = rows
+        .iter()
+        .map(|r| Ok(DueWebhook::from_row(r)?))
+        .collect::<Result<Vec<_>>>()?;
+    due.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(due)
+}
+
 pub async fn next_webhook_due(pool: &PgPool, after: i64) -> Result<Option<i64>> {
     let row = sqlx::query(
         "SELECT MIN(next_attempt_at) FROM webhook_outbox \

@@ -1,0 +1,188 @@
+//! The bus between the nodes of a cluster (`--nats-url`): NATS core publish/subscribe.
+//!
+//! On one node there is no bus: a room hands its events to its connections itself. With several
+//! nodes, a node that commits an event publishes it on the session's subject, and every node with
+//! a connection (or event-stream watcher) of that session subscribes to it and delivers what is
+//! new to it ([`crate::session::Room`]). NATS core keeps no copy: durability is the database's,
+//! and a receiver that sees a gap in the seqs reads the missing events from the log.
+//!
+//! Subjects, per session `S` (session ids are `ses_` and hex, valid subject tokens):
+//! - `capturelink.s.S.e.ROLE`: an event for ROLE, the payload its exact text (`seq` first);
+//! - `capturelink.s.S.claim.ROLE`: a connection of ROLE took epoch N (the payload): a node
+//!   holding an older one closes it with 4008;
+//! - `capturelink.s.S.gone.ROLE`: the connection of ROLE left (presence);
+//! - `capturelink.s.S.end`: the session ended (`closed` or `expired`): close its connections.
+
+use bytes::Bytes;
+
+use crate::auth::Role;
+use crate::store::SessionStatus;
+
+const PREFIX: &str = "capturelink.s";
+
+#[derive(Debug, thiserror::Error)]
+#[error("bus: {0}")]
+pub struct BusError(String);
+
+impl BusError {
+    fn of(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// What one node tells the others about a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusMsg {
+    Event { role: Role, body: String },
+    Claim { role: Role, epoch: i64 },
+    Gone { role: Role },
+    End { status: SessionStatus },
+}
+
+/// This node's connection to NATS, and its name among the nodes.
+pub struct Bus {
+    client: async_nats::Client,
+    node: String,
+}
+
+impl Bus {
+    /// Connects to the NATS server (`nats://host:port`); fails at once when it cannot be reached,
+    /// and reconnects on its own afterwards.
+    pub async fn connect(url: &str) -> Result<Self, BusError> {
+        let node = format!("node_{}", uuid::Uuid::now_v7().simple());
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("capturelink {node}"))
+            .retry_on_initial_connect()
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(BusError::of)?;
+        // `retry_on_initial_connect` returns before the first connection: wait for it, bounded,
+        // so that a wrong URL is an error at start rather than a node that never delivers.
+        tokio::time::timeout(std::time::Duration::from_secs(10), client.flush())
+            .await
+            .map_err(|_| BusError(format!("no NATS server answered at {url}")))?
+            .map_err(BusError::of)?;
+        Ok(Self { client, node })
+    }
+
+    /// This node's id (in the participants rows and node heartbeats).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Subscribes to everything about one session. Returns once the server has the subscription,
+    /// so whatever is published after this returns reaches it.
+    pub async fn subscribe(&self, session: &str) -> Result<async_nats::Subscriber, BusError> {
+        let sub = self
+            .client
+            .subscribe(format!("{PREFIX}.{session}.>"))
+            .await
+            .map_err(BusError::of)?;
+        self.client.flush().await.map_err(BusError::of)?;
+        Ok(sub)
+    }
+
+    async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
+        self.client
+            .publish(subject, payload)
+            .await
+            .map_err(BusError::of)
+    }
+
+    /// Publishes a committed event for `role`.
+    pub async fn event(&self, session: &str, role: Role, body: String) -> Result<(), BusError> {
+        let subject = format!("{PREFIX}.{session}.e.{}", role.as_str());
+        self.publish(subject, Bytes::from(body)).await
+    }
+
+    /// A connection of `role` took `epoch`.
+    pub async fn claim(&self, session: &str, role: Role, epoch: i64) -> Result<(), BusError> {
+        let subject = format!("{PREFIX}.{session}.claim.{}", role.as_str());
+        self.publish(subject, Bytes::from(epoch.to_string())).await
+    }
+
+    /// The connection of `role` left.
+    pub async fn gone(&self, session: &str, role: Role) -> Result<(), BusError> {
+        let subject = format!("{PREFIX}.{session}.gone.{}", role.as_str());
+        self.publish(subject, Bytes::new()).await
+    }
+
+    /// The session ended.
+    pub async fn end(&self, session: &str, status: SessionStatus) -> Result<(), BusError> {
+        let subject = format!("{PREFIX}.{session}.end");
+        self.publish(subject, Bytes::from(status.as_str())).await
+    }
+
+    /// Is the connection to NATS up (it reconnects by itself when not)?
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends what is buffered; at shutdown, so the last events are not lost with the process.
+    pub async fn flush(&self) {
+        let _ = self.client.flush().await;
+    }
+}
+
+/// Reads a message of a session's subscription; `None` for one this version does not know.
+pub fn parse(subject: &str, payload: &[u8]) -> Option<BusMsg> {
+    let rest = subject.strip_prefix(PREFIX)?.strip_prefix('.')?;
+    let mut parts = rest.splitn(3, '.');
+    let _session = parts.next()?;
+    let what = parts.next()?;
+    let arg = parts.next();
+    let role = || arg.and_then(Role::parse);
+    let text = std::str::from_utf8(payload).ok()?;
+    Some(match what {
+        "e" => BusMsg::Event {
+            role: role()?,
+            body: text.to_owned(),
+        },
+        "claim" => BusMsg::Claim {
+            role: role()?,
+            epoch: text.parse().ok()?,
+        },
+        "gone" => BusMsg::Gone { role: role()? },
+        "end" => BusMsg::End {
+            status: SessionStatus::try_from(text.to_owned()).ok()?,
+        },
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_read_back() {
+        assert_eq!(
+            parse("capturelink.s.ses_1.e.customer", br#"{"seq":3}"#),
+            Some(BusMsg::Event {
+                role: Role::Customer,
+                body: r#"{"seq":3}"#.into()
+            })
+        );
+        assert_eq!(
+            parse("capturelink.s.ses_1.claim.agent", b"12"),
+            Some(BusMsg::Claim {
+                role: Role::Agent,
+                epoch: 12
+            })
+        );
+        assert_eq!(
+            parse("capturelink.s.ses_1.gone.agent", b""),
+            Some(BusMsg::Gone { role: Role::Agent })
+        );
+        assert_eq!(
+            parse("capturelink.s.ses_1.end", b"expired"),
+            Some(BusMsg::End {
+                status: SessionStatus::Expired
+            })
+        );
+        assert_eq!(parse("capturelink.s.ses_1.e.nobody", b"{}"), None);
+        assert_eq!(parse("capturelink.s.ses_1.claim.agent", b"x"), None);
+        assert_eq!(parse("other.s.ses_1.end", b"closed"), None);
+    }
+}

@@ -1,0 +1,98 @@
+//! What the nodes of a cluster (`--nats-url`) share in the database besides one node's tables:
+//! seq counters, participants and node heartbeats. PostgreSQL only; the SQL is in
+//! [`postgres::cluster`].
+
+use super::{Backend, EventRow, Result, Store, StoreError, postgres};
+
+/// A new connection's place as its session's participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// Higher than every earlier connection of the role: the node holding one closes it (4008).
+    pub epoch: i64,
+    /// A connection of the role was there before (it is replaced).
+    pub replaced: bool,
+}
+
+impl Store {
+    fn cluster_pool(&self) -> Result<&sqlx::PgPool> {
+        match &self.backend {
+            Backend::Postgres(pg) => Ok(&pg.pool),
+            Backend::Sqlite(_) => Err(StoreError::Db(sqlx::Error::Configuration(
+                "several nodes need the database on PostgreSQL (--database-url)".into(),
+            ))),
+        }
+    }
+
+    /// From now on events take their seq from the session's counter rows as they are written,
+    /// for several nodes sharing the database. Fails on SQLite.
+    pub fn number_in_database(&mut self) -> Result<()> {
+        self.cluster_pool()?;
+        self.numbers_events = true;
+        Ok(())
+    }
+
+    /// Do events take their seq from the database (see [`Store::number_in_database`])?
+    pub fn numbers_events(&self) -> bool {
+        self.numbers_events
+    }
+
+    /// Numbers event rows from their sessions' counters and appends them in one transaction; the
+    /// rows come back with their seq and bodies final.
+    pub async fn append_numbered(&self, rows: &mut [EventRow]) -> Result<()> {
+        postgres::cluster::append_numbered(self.cluster_pool()?, rows).await
+    }
+
+    /// Takes the next seq of a recipient for a live-only `signal` (nothing is logged).
+    pub async fn take_seq(&self, session_id: &str, role: &str) -> Result<i64> {
+        postgres::cluster::take_seq(self.cluster_pool()?, session_id, role).await
+    }
+
+    /// Makes a new connection on `node` the session's `role`.
+    pub async fn claim_participant(
+        &self,
+        session_id: &str,
+        role: &str,
+        node: &str,
+        now: i64,
+    ) -> Result<Claim> {
+        let pool = self.cluster_pool()?;
+        let (epoch, replaced) =
+            postgres::cluster::claim_participant(pool, session_id, role, node, now).await?;
+        Ok(Claim { epoch, replaced })
+    }
+
+    /// The connection of `epoch` has left: true if it was still the participant (the peer is to
+    /// be told), false if a newer one had replaced it.
+    pub async fn release_participant(
+        &self,
+        session_id: &str,
+        role: &str,
+        epoch: i64,
+    ) -> Result<bool> {
+        postgres::cluster::release_participant(self.cluster_pool()?, session_id, role, epoch).await
+    }
+
+    /// The roles connected to a session through nodes seen since `alive_since`.
+    pub async fn connected_roles(&self, session_id: &str, alive_since: i64) -> Result<Vec<String>> {
+        postgres::cluster::connected_roles(self.cluster_pool()?, session_id, alive_since).await
+    }
+
+    /// Records that `node` is alive now.
+    pub async fn node_heartbeat(&self, node: &str, now: i64) -> Result<()> {
+        postgres::cluster::heartbeat(self.cluster_pool()?, node, now).await
+    }
+
+    /// A node stopping: its participants count as gone at once.
+    pub async fn forget_node(&self, node: &str) -> Result<()> {
+        postgres::cluster::forget_node(self.cluster_pool()?, node).await
+    }
+
+    /// Marks gone the participants of nodes not seen since `alive_since`; each (session, role)
+    /// is returned to one node only.
+    pub async fn sweep_orphaned_participants(
+        &self,
+        alive_since: i64,
+    ) -> Result<Vec<(String, String)>> {
+        postgres::cluster::sweep_orphans(self.cluster_pool()?, alive_since).await
+    }
+}

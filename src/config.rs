@@ -460,6 +460,17 @@ impl Settings {
         {
             return Err(format!("--webhook-url must be an http(s) URL, got {u}"));
         }
+        if self.webhook_public_only
+            && let Some(ip) = self
+                .webhook_url
+                .as_deref()
+                .and_then(crate::webhooks::address::non_public_literal)
+        {
+            return Err(format!(
+                "--webhook-url is on {ip}, not a public address, and --webhook-public-only \
+                 sends webhooks to public addresses only"
+            ));
+        }
         if self.max_upload_bytes < 1024 {
             return Err("--max-upload-bytes must be at least 1024".into());
         }
@@ -615,6 +626,17 @@ mod tests {
         assert_eq!(s.validate(), Ok(()));
         s.database_url = Some("sqlite://data/capturelink.db".into());
         assert!(s.validate().unwrap_err().contains("postgres://"));
+    }
+
+    #[test]
+    fn public_only_webhooks_refuse_a_private_server_wide_url() {
+        let mut s = Settings::with_data_dir("/tmp/x");
+        s.webhook_url = Some("http://10.1.2.3/hook".into());
+        assert_eq!(s.validate(), Ok(()));
+        s.webhook_public_only = true;
+        assert!(s.validate().unwrap_err().contains("10.1.2.3"));
+        s.webhook_url = Some("https://claims.example.com/hook".into());
+        assert_eq!(s.validate(), Ok(()));
     }
 
     #[test]

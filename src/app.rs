@@ -210,6 +210,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         &settings.data_dir,
         settings.database_url.as_deref(),
         settings.db_busy_timeout(),
+        settings.database_pool,
     )
     .await
     .context("opening the database")?;

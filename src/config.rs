@@ -338,6 +338,10 @@ pub struct Settings {
     #[arg(long, env = "CAPTURELINK_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Connections to PostgreSQL this node keeps at most (`--database-url`; at least 2).
+    #[arg(long, env = "CAPTURELINK_DATABASE_POOL", default_value_t = 16)]
+    pub database_pool: u32,
+
     /// Several nodes: the NATS server (`nats://host:4222`) that carries live events between the
     /// nodes sharing `--database-url`. Needs PostgreSQL, and on every node the same `--secret`
     /// and `--webhook-secret` (and images in S3, `--media-url`). Default: one node, no bus.
@@ -502,6 +506,9 @@ impl Settings {
                     .into(),
             );
         }
+        if self.database_pool < 2 {
+            return Err("--database-pool must be at least 2".into());
+        }
         if let Some(url) = &self.nats_url {
             if !(url.starts_with("nats://") || url.starts_with("tls://")) {
                 return Err("--nats-url must be a nats:// or tls:// URL".into());
@@ -626,6 +633,10 @@ mod tests {
         assert_eq!(s.validate(), Ok(()));
         s.database_url = Some("sqlite://data/capturelink.db".into());
         assert!(s.validate().unwrap_err().contains("postgres://"));
+        s.database_url = None;
+        assert_eq!(s.database_pool, 16);
+        s.database_pool = 1;
+        assert!(s.validate().unwrap_err().contains("--database-pool"));
     }
 
     #[test]

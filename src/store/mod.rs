@@ -201,7 +201,12 @@ impl Store {
 
     /// Connects to PostgreSQL (`postgres://…`) and runs its migrations (`migrations/postgres/`).
     pub async fn open_postgres(url: &str) -> Result<Self> {
-        let pool = postgres::connect(url).await?;
+        Self::open_postgres_with(url, postgres::DEFAULT_POOL).await
+    }
+
+    /// [`Store::open_postgres`] with at most `pool` connections (`--database-pool`).
+    pub async fn open_postgres_with(url: &str, pool: u32) -> Result<Self> {
+        let pool = postgres::connect(url, pool).await?;
         let appender = Appender::start(events::Writer::Postgres(pool.clone()));
         Ok(Self {
             backend: Backend::Postgres(Arc::new(Postgres {
@@ -253,14 +258,16 @@ impl Store {
         Ok(())
     }
 
-    /// The SQLite store in `data_dir`, or PostgreSQL when `database_url` is given.
+    /// The SQLite store in `data_dir`, or PostgreSQL when `database_url` is given (with at most
+    /// `pool` connections).
     pub async fn open_configured(
         data_dir: &Path,
         database_url: Option<&str>,
         busy_timeout: Duration,
+        pool: u32,
     ) -> Result<Self> {
         match database_url {
-            Some(url) => Self::open_postgres(url).await,
+            Some(url) => Self::open_postgres_with(url, pool).await,
             None => Self::open_with(data_dir, busy_timeout).await,
         }
     }

@@ -25,11 +25,12 @@ use sqlx::{ConnectOptions, Connection};
 
 use super::{Result, StoreError};
 
-/// Connections per node: the appender's group commits, REST reads and the sweepers share them.
-const MAX_CONNECTIONS: u32 = 16;
+/// Connections per node unless configured (`--database-pool`): the appender's group commits,
+/// REST reads and the sweepers share them (and, with several nodes, every relayed message).
+pub const DEFAULT_POOL: u32 = 16;
 
-/// Connects and runs the migrations in `migrations/postgres/`.
-pub async fn connect(url: &str) -> Result<PgPool> {
+/// Connects with at most `pool` connections and runs the migrations in `migrations/postgres/`.
+pub async fn connect(url: &str, pool: u32) -> Result<PgPool> {
     let opts: PgConnectOptions = url.parse().map_err(StoreError::Db)?;
     let opts = opts.application_name("capturelink");
     // One connection first, for its own error: a pool that cannot connect only says it timed
@@ -42,7 +43,7 @@ pub async fn connect(url: &str) -> Result<PgPool> {
         .await
         .map_err(StoreError::Db)?;
     let pool = PgPoolOptions::new()
-        .max_connections(MAX_CONNECTIONS)
+        .max_connections(pool.max(2))
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts)
         .await

@@ -721,18 +721,22 @@ async function runJob(job) {
     } else if (result.code === "cancelled" || result.code === "session_closed" || result.code === "session_expired") {
       shotStatus(null);
     } else {
-      return failJob(job, result.code || "upload_failed", result.message || "upload failed");
+      // A refusal the server answered (an HTTP status) it reports to the agent itself.
+      const reported = result.status != null;
+      return failJob(job, result.code || "upload_failed", result.message || "upload failed", reported);
     }
   } finally {
     job.running = false;
   }
 }
 
-function failJob(job, code, message) {
+function failJob(job, code, message, reportedByServer = false) {
   console.warn(`capture ${job.rid} failed: ${code} ${message}`);
   shotStatus("failed", t("upload_failed"), 5000);
-  // The agent's console falls back to grabbing a frame from the video. A refused upload is also
-  // reported by the server; the console handles one request's failure once.
+  // The agent's console falls back to grabbing a frame from the video. An upload the server
+  // refused, it has reported to the agent already (`capture.failed` with the server's code);
+  // what never reached it (no camera, no still, the network) only this page can report.
+  if (reportedByServer) return;
   client
     .send({ type: "capture.failed", request_id: job.rid, code, message: String(message).slice(0, 500) })
     .catch((e) => console.info("capture.failed refused:", e.code || e));

@@ -415,7 +415,7 @@ async fn keep_node_alive(state: AppState, bus: Arc<crate::bus::Bus>) {
                 continue;
             }
         };
-        for (session, role) in gone {
+        for (session, role, epoch) in gone {
             let Some(role) = crate::auth::Role::parse(&role) else {
                 continue;
             };
@@ -426,7 +426,7 @@ async fn keep_node_alive(state: AppState, bus: Arc<crate::bus::Bus>) {
                 reason: LeaveReason::Timeout,
             };
             let told = async {
-                bus.gone(&session, role).await?;
+                bus.gone(&session, role, epoch);
                 if open {
                     state
                         .registry

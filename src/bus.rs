@@ -10,10 +10,11 @@
 //! - `capturelink.s.S.e.ROLE`: an event for ROLE, the payload its exact text (`seq` first);
 //! - `capturelink.s.S.claim.ROLE`: a connection of ROLE took epoch N (the payload): a node
 //!   holding an older one closes it with 4008;
-//! - `capturelink.s.S.gone.ROLE`: the connection of ROLE left (presence);
+//! - `capturelink.s.S.gone.ROLE`: the connection of ROLE that had epoch N (the payload) left;
 //! - `capturelink.s.S.end`: the session ended (`closed` or `expired`): close its connections.
 
 use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Role;
 use crate::store::SessionStatus;
@@ -35,7 +36,7 @@ impl BusError {
 pub enum BusMsg {
     Event { role: Role, body: String },
     Claim { role: Role, epoch: i64 },
-    Gone { role: Role },
+    Gone { role: Role, epoch: i64 },
     End { status: SessionStatus },
 }
 
@@ -43,6 +44,15 @@ pub enum BusMsg {
 pub struct Bus {
     client: async_nats::Client,
     node: String,
+    /// What this node publishes goes out through one queue, in the order it was queued: a
+    /// recipient's events leave this node in the order they were committed here.
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+}
+
+enum Outgoing {
+    Publish(String, Bytes),
+    /// Answered once everything queued before it has been handed to the client.
+    Flushed(oneshot::Sender<()>),
 }
 
 impl Bus {
@@ -63,12 +73,39 @@ impl Bus {
             .await
             .map_err(|_| BusError(format!("no NATS server answered at {url}")))?
             .map_err(BusError::of)?;
-        Ok(Self { client, node })
+        let (outgoing, mut queue) = mpsc::unbounded_channel();
+        let publisher = client.clone();
+        tokio::spawn(async move {
+            while let Some(next) = queue.recv().await {
+                match next {
+                    Outgoing::Publish(subject, payload) => {
+                        // Lost only if the client gives up on it (NATS down past its buffer):
+                        // receivers then read the events from the log.
+                        if let Err(e) = publisher.publish(subject, payload).await {
+                            tracing::warn!(error = %e, "could not publish on the bus");
+                        }
+                    }
+                    Outgoing::Flushed(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            client,
+            node,
+            outgoing,
+        })
     }
 
     /// This node's id (in the participants rows and node heartbeats).
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Is the connection to NATS up (it reconnects by itself when not)?
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Subscribes to everything about one session. Returns once the server has the subscription,
@@ -83,44 +120,42 @@ impl Bus {
         Ok(sub)
     }
 
-    async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
-        self.client
-            .publish(subject, payload)
-            .await
-            .map_err(BusError::of)
+    fn publish(&self, subject: String, payload: Bytes) {
+        // Fails only once the publishing task is gone, at the end of the process.
+        let _ = self.outgoing.send(Outgoing::Publish(subject, payload));
     }
 
     /// Publishes a committed event for `role`.
-    pub async fn event(&self, session: &str, role: Role, body: String) -> Result<(), BusError> {
+    pub fn event(&self, session: &str, role: Role, body: String) {
         let subject = format!("{PREFIX}.{session}.e.{}", role.as_str());
-        self.publish(subject, Bytes::from(body)).await
+        self.publish(subject, Bytes::from(body));
     }
 
     /// A connection of `role` took `epoch`.
-    pub async fn claim(&self, session: &str, role: Role, epoch: i64) -> Result<(), BusError> {
+    pub fn claim(&self, session: &str, role: Role, epoch: i64) {
         let subject = format!("{PREFIX}.{session}.claim.{}", role.as_str());
-        self.publish(subject, Bytes::from(epoch.to_string())).await
+        self.publish(subject, Bytes::from(epoch.to_string()));
     }
 
-    /// The connection of `role` left.
-    pub async fn gone(&self, session: &str, role: Role) -> Result<(), BusError> {
+    /// The connection of `role` that had `epoch` left.
+    pub fn gone(&self, session: &str, role: Role, epoch: i64) {
         let subject = format!("{PREFIX}.{session}.gone.{}", role.as_str());
-        self.publish(subject, Bytes::new()).await
+        self.publish(subject, Bytes::from(epoch.to_string()));
     }
 
     /// The session ended.
-    pub async fn end(&self, session: &str, status: SessionStatus) -> Result<(), BusError> {
+    pub fn end(&self, session: &str, status: SessionStatus) {
         let subject = format!("{PREFIX}.{session}.end");
-        self.publish(subject, Bytes::from(status.as_str())).await
+        self.publish(subject, Bytes::from(status.as_str()));
     }
 
-    /// Is the connection to NATS up (it reconnects by itself when not)?
-    pub fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
-    }
-
-    /// Sends what is buffered; at shutdown, so the last events are not lost with the process.
+    /// Sends everything queued so far; at shutdown, so the last events are not lost with the
+    /// process.
     pub async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.outgoing.send(Outgoing::Flushed(done)).is_ok() {
+            let _ = flushed.await;
+        }
         let _ = self.client.flush().await;
     }
 }
@@ -143,7 +178,10 @@ pub fn parse(subject: &str, payload: &[u8]) -> Option<BusMsg> {
             role: role()?,
             epoch: text.parse().ok()?,
         },
-        "gone" => BusMsg::Gone { role: role()? },
+        "gone" => BusMsg::Gone {
+            role: role()?,
+            epoch: text.parse().ok()?,
+        },
         "end" => BusMsg::End {
             status: SessionStatus::try_from(text.to_owned()).ok()?,
         },
@@ -172,8 +210,11 @@ mod tests {
             })
         );
         assert_eq!(
-            parse("capturelink.s.ses_1.gone.agent", b""),
-            Some(BusMsg::Gone { role: Role::Agent })
+            parse("capturelink.s.ses_1.gone.agent", b"4"),
+            Some(BusMsg::Gone {
+                role: Role::Agent,
+                epoch: 4
+            })
         );
         assert_eq!(
             parse("capturelink.s.ses_1.end", b"expired"),

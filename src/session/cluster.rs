@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use futures_util::StreamExt;
 
 use crate::auth::Role;
@@ -19,7 +21,9 @@ use crate::bus::{Bus, BusMsg};
 use crate::signaling::protocol::{self, Event, LeaveReason};
 use crate::store::{EventRow, SessionStatus, now_ms};
 
-use super::room::{CloseSpec, ConnHandle, Joined, Room, RoomError, RoomState, Routed, close_code};
+use super::room::{
+    CloseSpec, ConnHandle, Joined, Room, RoomError, RoomState, Routed, Sender, close_code,
+};
 
 /// How often a node records that it is alive, and how long after its last record its
 /// participants count as gone (it died or was cut off).
@@ -91,6 +95,7 @@ impl Room {
             }
             BusMsg::Claim { role, epoch } => {
                 let i = role.index();
+                st.newest_epoch[i] = st.newest_epoch[i].max(epoch);
                 self.present[i].store(true, Ordering::Relaxed);
                 if st.epoch[i] < epoch
                     && let Some(old) = st.conns[i].take()
@@ -101,8 +106,10 @@ impl Room {
                     });
                 }
             }
-            BusMsg::Gone { role } => {
-                if st.conns[role.index()].is_none() {
+            BusMsg::Gone { role, epoch } => {
+                // A newer connection may have claimed the role already (its claim can come
+                // first, from another node): then the role is still present.
+                if epoch >= st.newest_epoch[role.index()] {
                     self.present[role.index()].store(false, Ordering::Relaxed);
                 }
             }
@@ -176,12 +183,11 @@ impl Room {
     }
 
     /// Sends committed rows on the bus (to every node, this one included).
-    pub(super) async fn announce(&self, bus: &Bus, rows: Vec<EventRow>) -> Result<(), RoomError> {
+    pub(super) fn announce(&self, bus: &Bus, rows: Vec<EventRow>) {
         for row in rows {
             let role = Role::parse(row.role).expect("rows are for a role");
-            bus.event(&self.id, role, row.body).await?;
+            bus.event(&self.id, role, row.body);
         }
-        Ok(())
     }
 
     /// Numbers, logs and announces a durable event for each of `to`.
@@ -192,13 +198,15 @@ impl Room {
         to: &[Role],
         event: &Event,
     ) -> Result<(), RoomError> {
-        let mut rows: Vec<EventRow> = self
+        let rows: Vec<EventRow> = self
             .stage(st, &[(to, event)])
             .into_iter()
             .map(|(_, r)| r)
             .collect();
-        self.store.append_numbered(&mut rows).await?;
-        self.announce(bus, rows).await
+        // The appender's group commit numbers them (several rooms' events share a commit).
+        let rows = self.store.appender().append(rows).await?;
+        self.announce(bus, rows);
+        Ok(())
     }
 
     pub(super) async fn join_clustered(
@@ -227,10 +235,11 @@ impl Room {
             });
         }
         st.epoch[i] = claim.epoch;
+        st.newest_epoch[i] = st.newest_epoch[i].max(claim.epoch);
         self.present[i].store(true, Ordering::Relaxed);
         let peer = role.peer();
         let announced = async {
-            bus.claim(&self.id, role, claim.epoch).await?;
+            bus.claim(&self.id, role, claim.epoch);
             if claim.replaced {
                 let left = Event::PeerLeft {
                     role,
@@ -275,7 +284,7 @@ impl Room {
                 Ok(true) => {
                     self.present[i].store(false, Ordering::Relaxed);
                     let told = async {
-                        bus.gone(&self.id, role).await?;
+                        bus.gone(&self.id, role, st.epoch[i]);
                         if st.ended.is_none() {
                             let left = Event::PeerLeft { role, reason };
                             self.publish_clustered(bus, &st, &[role.peer()], &left)
@@ -295,32 +304,58 @@ impl Room {
         st.conns.iter().all(Option::is_none)
     }
 
-    /// A relayed message: numbered and logged (or, a signal, only numbered) in the database and
-    /// announced on the bus. The room's lock is held across, so this node announces a recipient's
-    /// events in seq order.
+    /// A relayed message, pipelined as on one node: numbered and logged (a signal: numbered
+    /// only) by the appender's group commit, then announced on the bus and acknowledged by the
+    /// writer's continuation, in queue order, while the connection goes on with its next message.
     pub(super) async fn relay_clustered(
-        &self,
-        bus: &Bus,
+        self: &Arc<Self>,
+        bus: &Arc<Bus>,
         from: Role,
         conn_id: u64,
         event: Event,
+        reply: (Option<serde_json::Value>, OwnedSemaphorePermit),
     ) -> Result<Routed, RoomError> {
-        let st = self.state.lock().await;
-        if st.conns[from.index()].as_ref().map(|c| c.id) != Some(conn_id) {
+        let mut st = self.state.lock().await;
+        let Some(conn) = st.conns[from.index()].clone().filter(|c| c.id == conn_id) else {
             return Err(RoomError::NotCurrent);
-        }
+        };
         self.check_open(&st)?;
+        // After a failed commit the chain takes batches again once those queued have failed:
+        // their numbers went back with their transaction, so there is nothing to renumber.
+        if self.pipeline_broken() {
+            self.settle(&mut st).await;
+        }
         let to = from.peer();
-        if event.is_durable() {
-            self.publish_clustered(bus, &st, &[to], &event).await?;
-            return Ok(Routed::Now);
-        }
-        if !self.present[to.index()].load(Ordering::Relaxed) {
-            return Err(RoomError::PeerAbsent);
-        }
-        let seq = self.store.take_seq(&self.id, to.as_str()).await?;
-        bus.event(&self.id, to, event.to_text(seq)).await?;
-        Ok(Routed::Now)
+        let row = if event.is_durable() {
+            let (_, row) = self.stage(&st, &[(&[to], &event)]).remove(0);
+            row
+        } else {
+            if !self.present[to.index()].load(Ordering::Relaxed) {
+                return Err(RoomError::PeerAbsent);
+            }
+            // Numbered with the group, not stored.
+            EventRow {
+                session_id: self.id.clone(),
+                role: to.as_str(),
+                seq: 0,
+                kind: event.kind(),
+                body: event.to_text(0),
+                created_at: now_ms(),
+            }
+        };
+        let bus = Arc::clone(bus);
+        let send = move |room: &Room, rows: Vec<EventRow>| room.announce(&bus, rows);
+        let (id, ticket) = reply;
+        // No seq to rewind to: the database numbers at commit.
+        let nothing_to_rewind = (to, i64::MAX);
+        self.enqueue(
+            vec![row],
+            nothing_to_rewind,
+            Sender::new(conn, id, ticket),
+            send,
+        )
+        .await;
+        Ok(Routed::Pending)
     }
 
     pub(super) async fn watch_clustered(

@@ -88,10 +88,20 @@ impl ConnHandle {
 /// Who sent a pipelined message: answered with an `ack` (if it gave an `id`) or an `error` once
 /// the message is handed on or has failed, and holding its place in the connection's in-flight
 /// window until then.
-struct Sender {
+pub(super) struct Sender {
     conn: ConnHandle,
     id: Option<serde_json::Value>,
     ticket: OwnedSemaphorePermit,
+}
+
+impl Sender {
+    pub(super) fn new(
+        conn: ConnHandle,
+        id: Option<serde_json::Value>,
+        ticket: OwnedSemaphorePermit,
+    ) -> Self {
+        Self { conn, id, ticket }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +198,9 @@ pub(super) struct RoomState {
     /// With several nodes: the epoch each local connection claimed, and the task handing on what
     /// the bus brings.
     pub(super) epoch: [i64; 2],
+    /// The newest epoch of each role this node has heard of (a departure of an older one does
+    /// not make the role absent).
+    pub(super) newest_epoch: [i64; 2],
     pub(super) listener: Option<tokio::task::AbortHandle>,
 }
 
@@ -263,10 +276,15 @@ impl Room {
         self.watchers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Did a pipelined message fail (the ones queued after it fail too, until [`Room::settle`])?
+    pub(super) fn pipeline_broken(&self) -> bool {
+        self.pipeline.chain.is_broken()
+    }
+
     /// Waits until every pipelined message has been handed on or has failed, then, if one failed,
     /// numbers on from the first that failed (it and those after it were never sent: no gap).
     /// Called under the state lock, so nothing is pipelined meanwhile.
-    async fn settle(&self, st: &mut RoomState) {
+    pub(super) async fn settle(&self, st: &mut RoomState) {
         let p = &self.pipeline;
         loop {
             let drained = p.drained.notified();
@@ -292,7 +310,7 @@ impl Room {
     /// committed, `send` hands it on and the sender is acknowledged, or, if they failed, the
     /// sender is sent the error and the room will number on from the failed seq. Either way the
     /// sender's place in its connection's in-flight window is given back then.
-    async fn enqueue(
+    pub(super) async fn enqueue(
         self: &Arc<Self>,
         rows: Vec<EventRow>,
         failed_seq: (Role, i64),
@@ -480,7 +498,7 @@ impl Room {
         let staged = self.stage(&st, &refs);
         let rows = write(staged.iter().map(|(_, r)| r.clone()).collect(), extra).await?;
         match &self.cluster {
-            Some(bus) => self.announce(bus, rows).await?,
+            Some(bus) => self.announce(bus, rows),
             None => self.deliver(&mut st, staged),
         }
         Ok(())
@@ -665,9 +683,9 @@ impl Room {
             return Ok(Routed::Now);
         };
         if let Some(bus) = &self.cluster {
-            // Acknowledged once logged and announced; the window's place goes with it.
-            drop(ticket);
-            return self.relay_clustered(bus, from, conn_id, event).await;
+            return self
+                .relay_clustered(bus, from, conn_id, event, (id, ticket))
+                .await;
         }
         let mut st = self.state.lock().await;
         let Some(sender) = st.conns[from.index()].clone().filter(|c| c.id == conn_id) else {
@@ -679,7 +697,7 @@ impl Room {
             ticket,
         };
         self.check_open(&st)?;
-        if self.pipeline.chain.is_broken() {
+        if self.pipeline_broken() {
             self.settle(&mut st).await;
         }
         let to = from.peer();
@@ -748,8 +766,8 @@ impl Room {
         if let Some(bus) = &self.cluster {
             // Every node (this one too) closes its connections when the end reaches it, after
             // handing on `session.closed`.
-            self.announce(bus, rows).await?;
-            bus.end(&self.id, status).await?;
+            self.announce(bus, rows);
+            bus.end(&self.id, status);
             return Ok(true);
         }
         for row in rows {

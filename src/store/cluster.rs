@@ -2,7 +2,8 @@
 //! seq counters, participants and node heartbeats. PostgreSQL only; the SQL is in
 //! [`postgres::cluster`].
 
-use super::{Backend, EventRow, Result, Store, StoreError, postgres};
+use super::events::{Appender, Writer};
+use super::{Backend, Result, Store, StoreError, postgres};
 
 /// A new connection's place as its session's participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +27,9 @@ impl Store {
     /// From now on events take their seq from the session's counter rows as they are written,
     /// for several nodes sharing the database. Fails on SQLite.
     pub fn number_in_database(&mut self) -> Result<()> {
-        self.cluster_pool()?;
+        let pool = self.cluster_pool()?.clone();
+        // The appender writing through the old writer stops with its last sender, here.
+        self.appender = Appender::start(Writer::PostgresNumbered(pool));
         self.numbers_events = true;
         Ok(())
     }
@@ -34,17 +37,6 @@ impl Store {
     /// Do events take their seq from the database (see [`Store::number_in_database`])?
     pub fn numbers_events(&self) -> bool {
         self.numbers_events
-    }
-
-    /// Numbers event rows from their sessions' counters and appends them in one transaction; the
-    /// rows come back with their seq and bodies final.
-    pub async fn append_numbered(&self, rows: &mut [EventRow]) -> Result<()> {
-        postgres::cluster::append_numbered(self.cluster_pool()?, rows).await
-    }
-
-    /// Takes the next seq of a recipient for a live-only `signal` (nothing is logged).
-    pub async fn take_seq(&self, session_id: &str, role: &str) -> Result<i64> {
-        postgres::cluster::take_seq(self.cluster_pool()?, session_id, role).await
     }
 
     /// Makes a new connection on `node` the session's `role`.
@@ -87,12 +79,12 @@ impl Store {
         postgres::cluster::forget_node(self.cluster_pool()?, node).await
     }
 
-    /// Marks gone the participants of nodes not seen since `alive_since`; each (session, role)
-    /// is returned to one node only.
+    /// Marks gone the participants of nodes not seen since `alive_since`; each (session, role,
+    /// epoch) is returned to one node only.
     pub async fn sweep_orphaned_participants(
         &self,
         alive_since: i64,
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<Vec<(String, String, i64)>> {
         postgres::cluster::sweep_orphans(self.cluster_pool()?, alive_since).await
     }
 }

@@ -100,8 +100,8 @@ enum Job {
 }
 
 enum Done {
-    /// A caller waits for the outcome.
-    Wait(oneshot::Sender<Result<(), Failure>>),
+    /// A caller waits for the outcome (and the rows as written).
+    Wait(oneshot::Sender<Result<Vec<EventRow>, Failure>>),
     /// The writer runs this, in queue order.
     Then(Then),
     Nothing,
@@ -130,6 +130,9 @@ pub(super) enum Writer {
     /// The one writer connection of the SQLite file.
     Sqlite(SqlitePool),
     Postgres(sqlx::PgPool),
+    /// Several nodes: each group's rows take their seq from the sessions' counters as they are
+    /// written (rows of kind `signal` are numbered only, not stored).
+    PostgresNumbered(sqlx::PgPool),
 }
 
 impl Appender {
@@ -147,7 +150,7 @@ impl Appender {
                         .iter()
                         .map(|b: &Batch| b.chain.as_ref().is_some_and(|c| c.is_broken())),
                 );
-                let outcome = write_group(&writer, &group, &skip)
+                let outcome = write_group(&writer, &mut group, &skip)
                     .await
                     .map_err(|e| Failure::of(&e));
                 if outcome.is_err() {
@@ -200,15 +203,16 @@ impl Appender {
         let _ = self.append_waiting(Vec::new()).await;
     }
 
-    /// Appends rows and returns once they are committed.
-    pub async fn append(&self, rows: Vec<EventRow>) -> Result<()> {
+    /// Appends rows and returns them once they are committed (numbered by the database when
+    /// several nodes share it; as they were otherwise).
+    pub async fn append(&self, rows: Vec<EventRow>) -> Result<Vec<EventRow>> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(rows);
         }
         self.append_waiting(rows).await
     }
 
-    async fn append_waiting(&self, rows: Vec<EventRow>) -> Result<()> {
+    async fn append_waiting(&self, rows: Vec<EventRow>) -> Result<Vec<EventRow>> {
         let (done, wait) = oneshot::channel();
         let batch = Batch {
             job: Job::Rows(rows),
@@ -245,7 +249,11 @@ impl Batch {
     fn finish(self, outcome: Result<(), Failure>) {
         match self.done {
             Done::Wait(tx) => {
-                let _ = tx.send(outcome);
+                let rows = match self.job {
+                    Job::Rows(rows) => rows,
+                    Job::Mark(_) => Vec::new(),
+                };
+                let _ = tx.send(outcome.map(|()| rows));
             }
             Done::Then(then) => {
                 let rows = match self.job {
@@ -280,7 +288,23 @@ async fn linger_for_marks(rx: &mut mpsc::Receiver<Batch>, group: &mut Vec<Batch>
     }
 }
 
-async fn write_group(writer: &Writer, group: &[Batch], skip: &[bool]) -> Result<()> {
+async fn write_group(writer: &Writer, group: &mut [Batch], skip: &[bool]) -> Result<()> {
+    if let Writer::PostgresNumbered(pool) = writer {
+        let mut rows: Vec<&mut EventRow> = group
+            .iter_mut()
+            .zip(skip)
+            .filter(|(_, s)| !**s)
+            .filter_map(|(batch, _)| match &mut batch.job {
+                Job::Rows(r) => Some(r.iter_mut()),
+                Job::Mark(_) => None,
+            })
+            .flatten()
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        return super::postgres::cluster::write_numbered(pool, &mut rows).await;
+    }
     let mut rows = Vec::new();
     let mut marks = Vec::new();
     for (batch, _) in group.iter().zip(skip).filter(|(_, s)| !**s) {
@@ -312,6 +336,7 @@ async fn write_group(writer: &Writer, group: &[Batch], skip: &[bool]) -> Result<
         Writer::Postgres(pg) => {
             return super::postgres::events::write_group(pg, &rows, &marks).await;
         }
+        Writer::PostgresNumbered(_) => unreachable!("written above"),
     };
     if rows.is_empty() {
         return write_marks(pool, &marks).await;

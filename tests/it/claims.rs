@@ -94,9 +94,9 @@ async fn close(srv: &TestServer, session_id: &str) {
 // Server-Sent Events, parsed by hand.
 
 #[derive(Debug)]
-struct SseEvent {
-    id: Option<i64>,
-    data: Value,
+pub(crate) struct SseEvent {
+    pub(crate) id: Option<i64>,
+    pub(crate) data: Value,
 }
 
 enum Next {
@@ -105,7 +105,7 @@ enum Next {
     Timeout,
 }
 
-struct Sse {
+pub(crate) struct Sse {
     res: reqwest::Response,
     buf: String,
 }
@@ -134,7 +134,7 @@ async fn events_request(
 impl Sse {
     /// Opens the stream; the response headers are in when this returns, so the subscription is
     /// registered and every later event belongs to it.
-    async fn open(
+    pub(crate) async fn open(
         srv: &TestServer,
         session_id: &str,
         credential: &str,
@@ -216,7 +216,7 @@ impl Sse {
     }
 
     /// The next event, checked to be the same JSON the WebSocket carried, with `id:` = its seq.
-    async fn expect_same(&mut self, ws: &Value) -> SseEvent {
+    pub(crate) async fn expect_same(&mut self, ws: &Value) -> SseEvent {
         let e = self.next().await;
         assert_eq!(e.data, *ws, "SSE data equals the WebSocket message");
         assert_eq!(e.id, ws["seq"].as_i64(), "SSE id is the seq: {ws}");

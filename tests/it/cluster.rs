@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::claims::{Receiver, WEBHOOK_WAIT};
+use crate::claims::{Receiver, Sse, WEBHOOK_WAIT};
 use crate::durability::{Proc, free_port};
 use crate::media_s3::{BUCKET, Moto, moto_server};
 use crate::support::*;
@@ -249,6 +249,8 @@ async fn agent_and_customer_on_two_nodes_pair_relay_and_capture() {
         .await;
     let signal = expect_in_order(&mut agent, &mut agent_seq, "signal").await;
     assert_eq!(signal["data"]["sdp"], "v=0 answer");
+    // The agent's event stream, read through node B, carries what the agent gets on node A.
+    let mut sse = Sse::open(&b, &s.id, API_KEY, None).await;
     for i in 0..20 {
         customer
             .send(json!({"type": "chat", "text": format!("message {i}"), "id": i}))
@@ -258,6 +260,8 @@ async fn agent_and_customer_on_two_nodes_pair_relay_and_capture() {
         let chat = expect_in_order(&mut agent, &mut agent_seq, "chat").await;
         assert_eq!(chat["text"], format!("message {i}"), "in the order sent");
         assert_eq!(chat["from"], "customer");
+        let e = sse.expect_same(&chat).await;
+        assert_eq!(e.id, chat["seq"].as_i64());
     }
 
     // A capture uploaded through node B reaches the agent on node A; the image is served by

@@ -4,6 +4,7 @@
 use sqlx::{PgPool, Postgres, Row};
 
 use crate::signaling::protocol::with_seq;
+use crate::store::events::RowRef;
 use crate::store::{EventRow, Result, StoreError};
 
 /// Takes `n` numbers for one recipient inside the caller's transaction and returns the last. The
@@ -33,27 +34,58 @@ where
 /// Numbers event rows in the caller's transaction: each recipient's rows, in their order, take the
 /// next numbers of its counter, and each body is given its seq.
 pub async fn number(tx: &mut sqlx::Transaction<'_, Postgres>, rows: &mut [EventRow]) -> Result<()> {
-    let mut recipients: Vec<(&str, &'static str)> = Vec::new();
+    let mut refs: Vec<&mut EventRow> = rows.iter_mut().collect();
+    number_refs(tx, &mut refs).await
+}
+
+async fn number_refs(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    rows: &mut [&mut EventRow],
+) -> Result<()> {
+    // (session, role, how many, next number), in (session, role) order: every transaction locks
+    // the counters it takes in the same order, so two nodes' groups never deadlock on them.
+    let mut recipients: Vec<(String, &'static str, i64, i64)> = Vec::new();
     for row in rows.iter() {
-        if !recipients.contains(&(row.session_id.as_str(), row.role)) {
-            recipients.push((row.session_id.as_str(), row.role));
+        match recipients
+            .iter_mut()
+            .find(|(s, r, _, _)| *s == row.session_id && *r == row.role)
+        {
+            Some(recipient) => recipient.2 += 1,
+            None => recipients.push((row.session_id.clone(), row.role, 1, 0)),
         }
     }
-    let mut firsts = Vec::with_capacity(recipients.len());
-    for (session_id, role) in &recipients {
-        let n = rows
-            .iter()
-            .filter(|r| r.session_id == *session_id && r.role == *role)
-            .count();
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        let last = take(&mut **tx, session_id, role, n).await?;
-        firsts.push(((session_id.to_string(), *role), last - n + 1));
+    recipients.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    // The counters that exist, all in one statement (a group holds many rooms' events).
+    let taken: Vec<(String, String, i64)> = sqlx::query_as(
+        "WITH wanted AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+           AS w(session_id, role, n)), \
+         locked AS (SELECT c.session_id, c.role FROM session_counters c \
+           JOIN wanted w USING (session_id, role) ORDER BY c.session_id, c.role FOR UPDATE OF c) \
+         UPDATE session_counters c SET last = GREATEST(c.last, COALESCE((SELECT MAX(e.seq) \
+           FROM events e WHERE e.session_id = c.session_id AND e.role = c.role), 0)) + w.n \
+         FROM wanted w, locked l \
+         WHERE c.session_id = w.session_id AND c.role = w.role \
+           AND l.session_id = c.session_id AND l.role = c.role \
+         RETURNING c.session_id, c.role, c.last",
+    )
+    .bind(recipients.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+    .bind(recipients.iter().map(|r| r.1).collect::<Vec<_>>())
+    .bind(recipients.iter().map(|r| r.2).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::classify)?;
+    for (session_id, role, n, next) in &mut recipients {
+        let last = match taken.iter().find(|(s, r, _)| s == session_id && r == role) {
+            Some((_, _, last)) => *last,
+            // A recipient's first event: its counter row is created.
+            None => take(&mut **tx, session_id, role, *n).await?,
+        };
+        *next = last - *n + 1;
     }
     for row in rows.iter_mut() {
-        let next = firsts
+        let (_, _, _, next) = recipients
             .iter_mut()
-            .find(|((s, r), _)| *s == row.session_id && *r == row.role)
-            .map(|(_, next)| next)
+            .find(|(s, r, _, _)| *s == row.session_id && *r == row.role)
             .expect("every recipient was counted");
         row.seq = *next;
         row.body = with_seq(&row.body, *next);
@@ -62,25 +94,26 @@ pub async fn number(tx: &mut sqlx::Transaction<'_, Postgres>, rows: &mut [EventR
     Ok(())
 }
 
-/// Numbers and appends event rows in a transaction of their own.
-pub async fn append_numbered(pool: &PgPool, rows: &mut [EventRow]) -> Result<()> {
+/// Writes one group of the appender with several nodes: the rows are numbered, then stored, in
+/// one transaction; rows of kind `signal` (live-only) are numbered only. A group of signals alone
+/// commits without waiting for the flush (`synchronous_commit = off`): a number lost in a crash
+/// of the database server is issued again only to a signal, which is not stored either.
+pub async fn write_numbered(pool: &PgPool, rows: &mut [&mut EventRow]) -> Result<()> {
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
-    super::events::insert_events(&mut tx, rows, true).await?;
+    if rows.iter().all(|r| r.kind == "signal") {
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
+    }
+    number_refs(&mut tx, rows).await?;
+    let stored: Vec<RowRef<'_>> = rows
+        .iter()
+        .filter(|r| r.kind != "signal")
+        .map(|r| RowRef::from(&**r))
+        .collect();
+    super::events::insert_rows(&mut tx, &stored, false).await?;
     tx.commit().await.map_err(StoreError::classify)
-}
-
-/// Takes one seq for a live-only `signal`. Committed without waiting for the flush
-/// (`synchronous_commit = off`): a number lost in a crash of the database server is issued again
-/// only to a signal, which is not logged either.
-pub async fn take_seq(pool: &PgPool, session_id: &str, role: &str) -> Result<i64> {
-    let mut tx = pool.begin().await.map_err(StoreError::classify)?;
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::classify)?;
-    let seq = take(&mut *tx, session_id, role, 1).await?;
-    tx.commit().await.map_err(StoreError::classify)?;
-    Ok(seq)
 }
 
 /// Makes a new connection the session's `role` on `node`: the next epoch, and whether a connection
@@ -180,13 +213,14 @@ pub async fn forget_node(pool: &PgPool, node: &str) -> Result<()> {
 }
 
 /// Marks gone the participants of nodes not seen since `alive_since` (dead, or stopped), and
-/// returns them as (session, role): each is returned to one caller only, which tells the peer.
-pub async fn sweep_orphans(pool: &PgPool, alive_since: i64) -> Result<Vec<(String, String)>> {
+/// returns them as (session, role, epoch): each is returned to one caller only, which tells the
+/// peer.
+pub async fn sweep_orphans(pool: &PgPool, alive_since: i64) -> Result<Vec<(String, String, i64)>> {
     let rows = sqlx::query(
         "UPDATE participants p SET connected = FALSE \
          WHERE p.connected AND NOT EXISTS \
          (SELECT 1 FROM nodes n WHERE n.id = p.node_id AND n.seen_at >= $1) \
-         RETURNING p.session_id, p.role",
+         RETURNING p.session_id, p.role, p.epoch",
     )
     .bind(alive_since)
     .fetch_all(pool)
@@ -198,6 +232,6 @@ pub async fn sweep_orphans(pool: &PgPool, alive_since: i64) -> Result<Vec<(Strin
         .await
         .map_err(StoreError::classify)?;
     rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
         .collect()
 }

@@ -45,7 +45,7 @@ pub async fn insert_events(
 /// Rows per INSERT statement at most (six parameters each, well under PostgreSQL's 65,535).
 const CHUNK: usize = 256;
 
-async fn insert_rows(
+pub(super) async fn insert_rows(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     rows: &[RowRef<'_>],
     ignore_duplicates: bool,

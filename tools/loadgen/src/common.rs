@@ -26,6 +26,8 @@ pub struct Target {
     pub api_key: String,
     /// The bare relay: no REST, no welcome; sockets are paired by `?session=`.
     pub bare: bool,
+    /// Several nodes: the node the customers connect to (`base` is the agents'), else `base`.
+    pub customer_base: Option<String>,
 }
 
 impl Target {
@@ -43,7 +45,32 @@ impl Target {
             base,
             api_key,
             bare,
+            customer_base: None,
         })
+    }
+
+    /// The customers connect to another node (several nodes sharing one database and a bus).
+    pub fn with_customer_url(mut self, url: Option<&str>) -> Result<Self> {
+        if let Some(url) = url {
+            let url = url.trim_end_matches('/').to_owned();
+            if !url.starts_with("http://") || self.bare {
+                bail!("--customer-url must be http://host:port, and CaptureLink's");
+            }
+            self.customer_base = Some(url);
+        }
+        Ok(self)
+    }
+
+    /// The target the customers of the pairs connect to.
+    fn customer_side(&self) -> Self {
+        match &self.customer_base {
+            Some(base) => Self {
+                base: base.clone(),
+                customer_base: None,
+                ..self.clone()
+            },
+            None => self.clone(),
+        }
     }
 
     pub fn name(&self) -> &'static str {
@@ -237,7 +264,13 @@ pub async fn join_pair(target: &Target, s: &Session, source: Option<IpAddr>) -> 
     let within = Duration::from_secs(30);
     let mut agent = ws_connect(target, &format!("token={}", s.agent_token), source).await?;
     wait_for(&mut agent, "welcome", within).await?;
-    let mut customer = ws_connect(target, &format!("token={}", s.customer_token), source).await?;
+    let customer_side = target.customer_side();
+    let mut customer = ws_connect(
+        &customer_side,
+        &format!("token={}", s.customer_token),
+        source,
+    )
+    .await?;
     let welcome = wait_for(&mut customer, "welcome", within).await?;
     let joined = wait_for(&mut agent, "peer.joined", within).await?;
     Ok(Pair {

@@ -99,6 +99,9 @@ struct RelayArgs {
     /// The server's pid, to report its CPU use in the window.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Several nodes: the customers connect to this node, the agents to `--url`.
+    #[arg(long)]
+    customer_url: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -272,7 +275,8 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Startup(_) => unreachable!("handled before the runtime"),
         Cmd::Relay(a) => {
-            let target = Target::new(&a.target.url, a.target.api_key, a.bare)?;
+            let target = Target::new(&a.target.url, a.target.api_key, a.bare)?
+                .with_customer_url(a.customer_url.as_deref())?;
             let out = relay::run(&target, &a.load.opts(a.pairs, a.message), a.server_pid).await?;
             print(json, &out, || print_relay(&out))
         }

@@ -569,3 +569,55 @@ async fn a_node_cut_off_from_nats_is_not_ready_until_it_is_back() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_database_served_by_one_node_is_taken_over_by_several_with_its_numbering() {
+    let Some(shared) = Shared::start().await else {
+        return;
+    };
+    // One node on the database first (no bus): it numbers in memory, signals included.
+    let tune = shared.tune();
+    let single = TestServer::start_with(move |s| {
+        tune(s);
+        s.nats_url = None;
+    })
+    .await;
+    let s = single.session().await;
+    let (mut agent, _) = single.join(&s.agent_token).await;
+    let (mut customer, _) = single.join(&s.customer_token).await;
+    agent.expect("peer.joined").await;
+    agent
+        .send(json!({"type": "chat", "text": "one", "id": 1}))
+        .await;
+    customer.expect("chat").await;
+    agent
+        .send(json!({"type": "signal", "data": {"sdp": "offer"}}))
+        .await;
+    let signal = customer.expect("signal").await;
+    let customer_seq = signal["seq"].as_i64().unwrap();
+    drop((agent, customer));
+    single.shutdown().await;
+
+    // Two nodes take over: the customer resumes after what it saw, and the numbers go on.
+    let a = shared.node().await;
+    let b = shared.node().await;
+    let (mut agent, _) = a.join(&s.agent_token).await;
+    let (mut customer, welcome) = b.join_at(&s.customer_token, Some(customer_seq)).await;
+    assert_eq!(welcome["resumed"], true, "{welcome}");
+    let mut last = customer_seq;
+    // The agent's return comes right after the signal's seq (a departure, if the old node saw
+    // one before it stopped, before it).
+    loop {
+        let m = next_in_order(&mut customer, &mut last).await;
+        if m["type"] == "peer.joined" {
+            assert_eq!(m["role"], "agent");
+            break;
+        }
+        assert_eq!(m["type"], "peer.left", "{m}");
+    }
+    agent
+        .send(json!({"type": "chat", "text": "two", "id": 2}))
+        .await;
+    let chat = expect_in_order(&mut customer, &mut last, "chat").await;
+    assert_eq!(chat["text"], "two");
+}

@@ -375,19 +375,6 @@ async fn http_json(method: reqwest::Method, url: String, body: Option<Value>) ->
     res.json().await.unwrap()
 }
 
-async fn join_process(base: &str, token: &str, last_seq: Option<i64>) -> (Client, Value) {
-    let ws = base.replacen("http://", "ws://", 1);
-    let url = match last_seq {
-        Some(n) => format!("{ws}/ws?token={token}&last_seq={n}"),
-        None => format!("{ws}/ws?token={token}"),
-    };
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut c = Client { ws };
-    let w = c.recv().await;
-    assert_eq!(w["type"], "welcome");
-    (c, w)
-}
-
 #[tokio::test]
 async fn a_node_killed_with_9_its_agent_resumes_on_the_other_with_nothing_lost_or_doubled() {
     let Some(shared) = Shared::start().await else {
@@ -402,15 +389,14 @@ async fn a_node_killed_with_9_its_agent_resumes_on_the_other_with_nothing_lost_o
         Some(json!({"claim_ref": "CLM-9"})),
     )
     .await;
-    let (id, agent_token, customer_token) = (
-        s["id"].as_str().unwrap().to_owned(),
+    let (agent_token, customer_token) = (
         s["agent_token"].as_str().unwrap(),
         s["customer_token"].as_str().unwrap(),
     );
 
-    let (mut agent, w) = join_process(&a.base, agent_token, None).await;
+    let (mut agent, w) = join_base(&a.base, agent_token, None).await;
     let mut agent_seq = w["last_seq"].as_i64().unwrap();
-    let (mut customer, w) = join_process(&b.base, customer_token, None).await;
+    let (mut customer, w) = join_base(&b.base, customer_token, None).await;
     let mut customer_seq = w["last_seq"].as_i64().unwrap();
     expect_in_order(&mut agent, &mut agent_seq, "peer.joined").await;
     for i in 0..5 {
@@ -448,7 +434,7 @@ async fn a_node_killed_with_9_its_agent_resumes_on_the_other_with_nothing_lost_o
     }
 
     // The agent reconnects to node B with what it saw last: the missed chats, in order, once.
-    let (mut agent, w) = join_process(&b.base, agent_token, Some(agent_seq)).await;
+    let (mut agent, w) = join_base(&b.base, agent_token, Some(agent_seq)).await;
     assert_eq!(w["resumed"], true);
     assert_eq!(w["peer_present"], true);
     for i in 0..5 {
@@ -466,7 +452,6 @@ async fn a_node_killed_with_9_its_agent_resumes_on_the_other_with_nothing_lost_o
     assert_eq!(chat["text"], "after");
     agent.expect_silence(Duration::from_millis(300)).await;
     drop(b);
-    let _ = id;
 }
 
 #[tokio::test]

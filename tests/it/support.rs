@@ -179,11 +179,7 @@ impl TestServer {
     }
 
     pub fn ws_url(&self, token: &str, last_seq: Option<i64>) -> String {
-        let base = self.base.replacen("http://", "ws://", 1);
-        match last_seq {
-            Some(n) => format!("{base}/ws?token={token}&last_seq={n}"),
-            None => format!("{base}/ws?token={token}"),
-        }
+        ws_url(&self.base, token, last_seq)
     }
 
     /// `POST /api/v1/sessions` with the test key; panics unless 201.
@@ -216,10 +212,7 @@ impl TestServer {
     }
 
     pub async fn connect_at(&self, token: &str, last_seq: Option<i64>) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url(token, last_seq))
-            .await
-            .expect("websocket connects");
-        Client { ws }
+        connect_base(&self.base, token, last_seq).await
     }
 
     /// Connects and reads the welcome.
@@ -228,10 +221,7 @@ impl TestServer {
     }
 
     pub async fn join_at(&self, token: &str, last_seq: Option<i64>) -> (Client, Value) {
-        let mut c = self.connect_at(token, last_seq).await;
-        let w = c.recv().await;
-        assert_eq!(w["type"], "welcome", "first message is the welcome: {w}");
-        (c, w)
+        join_base(&self.base, token, last_seq).await
     }
 
     /// The HTTP status a WebSocket handshake is refused with.
@@ -247,6 +237,30 @@ impl TestServer {
             Err(e) => panic!("unexpected error {e}"),
         }
     }
+}
+
+/// The WebSocket URL of a server at `base` (`http://host:port`, in process or a child process).
+pub fn ws_url(base: &str, token: &str, last_seq: Option<i64>) -> String {
+    let base = base.replacen("http://", "ws://", 1);
+    match last_seq {
+        Some(n) => format!("{base}/ws?token={token}&last_seq={n}"),
+        None => format!("{base}/ws?token={token}"),
+    }
+}
+
+pub async fn connect_base(base: &str, token: &str, last_seq: Option<i64>) -> Client {
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url(base, token, last_seq))
+        .await
+        .expect("websocket connects");
+    Client { ws }
+}
+
+/// Connects to the server at `base` and reads the welcome.
+pub async fn join_base(base: &str, token: &str, last_seq: Option<i64>) -> (Client, Value) {
+    let mut c = connect_base(base, token, last_seq).await;
+    let w = c.recv().await;
+    assert_eq!(w["type"], "welcome", "first message is the welcome: {w}");
+    (c, w)
 }
 
 pub struct Session {

@@ -226,6 +226,22 @@ string_enum_schema!(
     "`done` once a capture fills the slot."
 );
 
+/// One picture the checklist asks for: the schema of `store::SlotRow`, which the store's backends
+/// share from a crate of their own (so it cannot name the vocabulary's schemas above).
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "the schema of SlotRow's JSON; never built")]
+pub struct Slot {
+    /// `slot_1`, `slot_2`, … in checklist order.
+    id: String,
+    area: Area,
+    angle: Angle,
+    /// The label given at creation, or null.
+    label: Option<String>,
+    status: SlotStatus,
+    /// The capture that filled the slot, once `done`.
+    capture_id: Option<String>,
+}
+
 /// The document with this service as its server.
 pub fn document(public_url: &str) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();

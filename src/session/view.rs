@@ -55,6 +55,7 @@ pub struct SessionView {
     pub closed_at: Option<String>,
     pub presence: Presence,
     /// The pictures asked for, in order, each with its status.
+    #[schema(value_type = Vec<crate::api::openapi::Slot>)]
     pub checklist: Vec<SlotRow>,
     /// How many captures the session holds.
     pub capture_count: u64,

@@ -589,16 +589,8 @@ impl Event {
     }
 }
 
-/// An event's text (from [`Event::to_text`]) with another `seq`: the database numbers events
-/// when several nodes share it, after the body was rendered. `seq` is the first member.
-pub fn with_seq(body: &str, seq: i64) -> String {
-    const HEAD: &str = "{\"seq\":";
-    let rest = body
-        .strip_prefix(HEAD)
-        .map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit() || c == '-'))
-        .expect("event bodies begin with their seq");
-    format!("{HEAD}{seq}{rest}")
-}
+/// An event's text (from [`Event::to_text`]) with another `seq` (the store's backends share it).
+pub use capturelink_store_types::events::with_seq;
 
 /// The `seq` of an event's text (from [`Event::to_text`]).
 pub fn seq_of(body: &str) -> Option<i64> {

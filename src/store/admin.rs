@@ -1,6 +1,8 @@
 //! The database as the operator's commands see it: `migrate`, the online snapshot `backup` takes
 //! with `VACUUM INTO`, and the checks `restore` makes. None of these start the event writer.
 
+pub use capturelink_store_types::AppliedMigration;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,15 +11,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{DB_FILE, Result, StoreError};
-
-/// A migration recorded in the database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppliedMigration {
-    pub version: i64,
-    pub description: String,
-    /// Applied by this run (not before).
-    pub now: bool,
-}
 
 /// The options the service opens its database with (see [`super::Store::open`]).
 fn service_options(db: &Path) -> Result<SqliteConnectOptions> {

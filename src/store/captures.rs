@@ -1,48 +1,15 @@
 //! Captures, capture requests and checklist changes.
 
+pub use capturelink_store_types::captures::{CaptureRow, NewCapture, RequestRow};
+
 use std::collections::HashSet;
 
 use sqlx::{FromRow, Row};
 
 use super::events::insert_events;
-use super::webhooks::{OutboxRow, enqueue_webhook};
+use super::webhooks::enqueue_webhook;
 use super::{EventRow, Result, SlotRow, Store, StoreError};
 use super::{on_postgres, postgres};
-
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct CaptureRow {
-    pub id: String,
-    pub session_id: String,
-    pub slot_id: Option<String>,
-    pub area: String,
-    pub angle: String,
-    pub note: Option<String>,
-    pub source: String,
-    pub request_id: Option<String>,
-    pub mime: String,
-    pub width: i64,
-    pub height: i64,
-    pub bytes: i64,
-    pub sha256: String,
-    pub sharpness: f64,
-    pub brightness: f64,
-    /// JSON array of warning codes.
-    pub warnings: String,
-    pub uploaded_by: String,
-    pub idempotency_key: Option<String>,
-    pub request_hash: Option<Vec<u8>>,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct RequestRow {
-    pub request_id: String,
-    pub area: String,
-    pub angle: String,
-    pub slot_id: Option<String>,
-    pub status: String,
-    pub capture_id: Option<String>,
-}
 
 pub(crate) const CAPTURE_COLUMNS: &str = "id, session_id, slot_id, area, angle, note, source, request_id, mime, \
      width, height, bytes, sha256, sharpness, brightness, warnings, uploaded_by, idempotency_key, \
@@ -50,15 +17,6 @@ pub(crate) const CAPTURE_COLUMNS: &str = "id, session_id, slot_id, area, angle, 
 
 fn capture_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<CaptureRow> {
     Ok(CaptureRow::from_row(r)?)
-}
-
-/// What one stored capture changes, written in one transaction with its events.
-pub struct NewCapture<'a> {
-    pub capture: &'a CaptureRow,
-    /// Marks this capture request fulfilled.
-    pub fulfils: Option<&'a str>,
-    pub events: &'a mut [EventRow],
-    pub outbox: &'a [OutboxRow],
 }
 
 impl Store {

@@ -2,17 +2,10 @@
 //! seq counters, participants and node heartbeats. PostgreSQL only; the SQL is in
 //! [`postgres::cluster`].
 
+pub use capturelink_store_types::Claim;
+
 use super::events::{Appender, Writer};
 use super::{Backend, Result, Store, StoreError, postgres};
-
-/// A new connection's place as its session's participant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Claim {
-    /// Higher than every earlier connection of the role: the node holding one closes it (4008).
-    pub epoch: i64,
-    /// A connection of the role was there before (it is replaced).
-    pub replaced: bool,
-}
 
 impl Store {
     fn cluster_pool(&self) -> Result<&sqlx::PgPool> {

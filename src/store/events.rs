@@ -1,5 +1,7 @@
 //! The per-session, per-recipient event log, and the group-commit appender that writes it.
 
+pub use capturelink_store_types::events::{EventRow, RowRef};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
@@ -8,17 +10,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Result, Store, StoreError};
 use super::{on_postgres, postgres};
-
-/// One durable event for one recipient. `body` is the exact JSON text the recipient is sent.
-#[derive(Debug, Clone)]
-pub struct EventRow {
-    pub session_id: String,
-    pub role: &'static str,
-    pub seq: i64,
-    pub kind: &'static str,
-    pub body: String,
-    pub created_at: i64,
-}
 
 /// The latest seq that live-only `signal`s took for one recipient, to be recorded (not their
 /// bodies: only the number, so that after a restart the numbering continues past it).
@@ -377,29 +368,6 @@ async fn write_marks(pool: &SqlitePool, marks: &[RowRef<'_>]) -> Result<()> {
         let _ = conn.detach().close().await;
     }
     written
-}
-
-/// An event row as written, borrowed (a seq mark is a row with an empty body).
-pub(crate) struct RowRef<'a> {
-    pub session_id: &'a str,
-    pub role: &'static str,
-    pub seq: i64,
-    pub kind: &'static str,
-    pub body: &'a str,
-    pub created_at: i64,
-}
-
-impl<'a> From<&'a EventRow> for RowRef<'a> {
-    fn from(row: &'a EventRow) -> Self {
-        Self {
-            session_id: &row.session_id,
-            role: row.role,
-            seq: row.seq,
-            kind: row.kind,
-            body: &row.body,
-            created_at: row.created_at,
-        }
-    }
 }
 
 /// Inserts event rows inside a caller's transaction.

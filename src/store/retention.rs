@@ -5,13 +5,12 @@
 //! The capture rows go with their files: once a row is gone, the start-up sweep of orphaned files
 //! removes any file a crash left behind between the commit and the deletion.
 
+pub use capturelink_store_types::PurgedContent;
+
 use sqlx::Row;
 
 use super::{Result, Store, StoreError};
 use super::{on_postgres, postgres};
-
-/// Content a purged session's captures named: (sha256 hex, mime).
-pub type PurgedContent = Vec<(String, String)>;
 
 impl Store {
     /// Sessions that ended (closed, or expired) at or before `cutoff` and still hold their data,

@@ -5,72 +5,14 @@
 //! Every update made on behalf of a delivery attempt is conditioned on the row still being
 //! `pending`, so an endpoint disabled while an attempt was in flight stays disabled.
 
+pub use capturelink_store_types::webhooks::{
+    DueWebhook, OutboxRow, OutboxState, WEBHOOK_LEASE_MS, new_message_id,
+};
+
 use sqlx::{FromRow, Row};
 
 use super::{Result, Store, StoreError};
 use super::{on_postgres, postgres};
-
-/// A delivery to write into the outbox. `id` is the `webhook-id` the receiver sees on every
-/// attempt; [`OutboxRow::new`] gives it a fresh `msg_<uuid v7>`.
-#[derive(Debug, Clone)]
-pub struct OutboxRow {
-    pub id: String,
-    pub session_id: String,
-    pub url: String,
-    pub event_type: String,
-    /// The exact JSON body that is sent (and signed).
-    pub payload: String,
-    /// Milliseconds since the epoch; the retry horizon counts from here.
-    pub created_at: i64,
-}
-
-impl OutboxRow {
-    pub fn new(
-        session_id: impl Into<String>,
-        url: impl Into<String>,
-        event_type: impl Into<String>,
-        payload: impl Into<String>,
-        created_at: i64,
-    ) -> Self {
-        Self {
-            id: new_message_id(),
-            session_id: session_id.into(),
-            url: url.into(),
-            event_type: event_type.into(),
-            payload: payload.into(),
-            created_at,
-        }
-    }
-}
-
-/// A fresh `webhook-id`: `msg_` and a UUID v7 without hyphens (so ids sort by creation time).
-pub fn new_message_id() -> String {
-    format!("msg_{}", uuid::Uuid::now_v7().simple())
-}
-
-/// A pending delivery whose next attempt is due.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct DueWebhook {
-    pub id: String,
-    pub session_id: String,
-    pub url: String,
-    pub event_type: String,
-    pub payload: String,
-    pub created_at: i64,
-    /// Attempts made so far.
-    pub attempts: i64,
-}
-
-/// The recorded state of one outbox row (for tests and operators).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct OutboxState {
-    pub status: String,
-    pub attempts: i64,
-    pub next_attempt_at: i64,
-    pub last_status: Option<i64>,
-    pub last_error: Option<String>,
-    pub delivered_at: Option<i64>,
-}
 
 /// Writes one delivery inside the caller's transaction, so it commits (or not) with the change it
 /// reports. A row for an endpoint that is already disabled is written as `disabled`, never sent.
@@ -102,9 +44,6 @@ pub async fn enqueue_webhook(
 /// The same statement on both backends (both read `$n` placeholders).
 pub(crate) const PRUNE_WEBHOOKS: &str = "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM \
      webhook_outbox WHERE status <> 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2)";
-
-/// How long a claimed outbox row is this node's (several nodes): well past a delivery's timeout.
-pub const WEBHOOK_LEASE_MS: i64 = 60_000;
 
 impl Store {
     /// Writes deliveries in a transaction of their own, for callers that hold none.

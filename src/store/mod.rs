@@ -13,7 +13,7 @@ pub mod api_keys;
 pub mod captures;
 pub mod cluster;
 pub mod events;
-pub mod postgres;
+pub use capturelink_store_postgres as postgres;
 pub mod retention;
 pub mod sessions;
 pub mod webhooks;

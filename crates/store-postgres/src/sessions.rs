@@ -3,11 +3,16 @@
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{FromRow, Postgres, QueryBuilder, Row};
 
-use crate::store::postgres::events::insert_events;
-use crate::store::postgres::webhooks::enqueue_webhook;
-use crate::store::sessions::{Created, ListFilter, NewSession, SESSION_COLUMNS};
-use crate::store::webhooks::OutboxRow;
-use crate::store::{EventRow, Result, SessionRow, SessionStatus, SlotRow, StoreError};
+use crate::events::insert_events;
+use crate::webhooks::enqueue_webhook;
+use capturelink_store_types::events::EventRow;
+use capturelink_store_types::sessions::{Created, ListFilter, NewSession};
+use capturelink_store_types::sessions::{SessionRow, SessionStatus, SlotRow};
+use capturelink_store_types::webhooks::OutboxRow;
+use capturelink_store_types::{Result, StoreError};
+
+pub(crate) const SESSION_COLUMNS: &str = "id, claim_ref, status, locale, vehicle, customer, webhook_url, \
+     token_salt, created_at, expires_at, started_at, closed_at, closed_by";
 
 /// A `sessions` row selected with [`SESSION_COLUMNS`].
 pub(crate) fn session_from_row(r: &PgRow) -> Result<SessionRow> {

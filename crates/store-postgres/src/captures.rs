@@ -8,12 +8,18 @@ use sqlx::{FromRow, PgPool, Row};
 use super::events::insert_events;
 use super::sessions::insert_slot;
 use super::webhooks::enqueue_webhook;
-use crate::store::captures::{CAPTURE_COLUMNS, CaptureRow, NewCapture, RequestRow};
-use crate::store::{EventRow, Result, SlotRow, StoreError};
+use capturelink_store_types::captures::{CaptureRow, NewCapture, RequestRow};
+use capturelink_store_types::events::EventRow;
+use capturelink_store_types::sessions::SlotRow;
+use capturelink_store_types::{Result, StoreError};
 
 fn capture_from_row(r: &PgRow) -> Result<CaptureRow> {
     Ok(CaptureRow::from_row(r)?)
 }
+
+pub(crate) const CAPTURE_COLUMNS: &str = "id, session_id, slot_id, area, angle, note, source, request_id, mime, \
+     width, height, bytes, sha256, sharpness, brightness, warnings, uploaded_by, idempotency_key, \
+     request_hash, created_at";
 
 pub async fn get_capture(pool: &PgPool, id: &str) -> Result<Option<CaptureRow>> {
     let sql = format!("SELECT {CAPTURE_COLUMNS} FROM captures WHERE id = $1");

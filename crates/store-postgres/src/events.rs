@@ -2,18 +2,15 @@
 
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
-use crate::store::events::RowRef;
-use crate::store::{EventRow, Result, StoreError};
+use capturelink_store_types::events::EventRow;
+use capturelink_store_types::events::RowRef;
+use capturelink_store_types::{Result, StoreError};
 
 /// Writes one group of the appender: event rows and seq marks in one transaction. A group of seq
 /// marks alone commits with `synchronous_commit = off`: PostgreSQL keeps it (a crash of this
 /// node loses nothing) and the next commit of an event flushes it; marks only guard against
 /// numbering a live-only signal twice, so they need no flush of their own.
-pub(crate) async fn write_group(
-    pool: &PgPool,
-    rows: &[RowRef<'_>],
-    marks: &[RowRef<'_>],
-) -> Result<()> {
+pub async fn write_group(pool: &PgPool, rows: &[RowRef<'_>], marks: &[RowRef<'_>]) -> Result<()> {
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
     if rows.is_empty() {
         sqlx::query("SET LOCAL synchronous_commit = off")

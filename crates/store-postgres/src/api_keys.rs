@@ -3,8 +3,8 @@
 use sqlx::FromRow;
 use sqlx::postgres::PgPool;
 
-use crate::store::api_keys::{ApiKeyRow, Revoked};
-use crate::store::{Result, StoreError};
+use capturelink_store_types::api_keys::{ApiKeyRow, Revoked};
+use capturelink_store_types::{Result, StoreError};
 
 pub async fn insert_api_key(
     pool: &PgPool,

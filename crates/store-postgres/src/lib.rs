@@ -1,7 +1,7 @@
 //! The PostgreSQL store (`--database-url postgres://…`): the same operations as the SQLite store,
 //! in PostgreSQL's SQL, for several nodes sharing one database.
 //!
-//! Each function here is the body of the [`Store`](super::Store) method of the same name when the
+//! Each function here is the body of the service's `Store` method of the same name when the
 //! store is on PostgreSQL; the types and the meaning of each operation are documented there. The
 //! schema is `migrations/postgres/`, kept in step with the SQLite migrations one directory up.
 //!
@@ -23,7 +23,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
-use super::{Result, StoreError};
+use capturelink_store_types::{Result, StoreError};
 
 /// Connections per node unless configured (`--database-pool`): the appender's group commits,
 /// REST reads and the sweepers share them (and, with several nodes, every relayed message).
@@ -48,13 +48,15 @@ pub async fn connect(url: &str, pool: u32) -> Result<PgPool> {
         .connect_with(opts)
         .await
         .map_err(StoreError::classify)?;
-    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    sqlx::migrate!("../../migrations/postgres")
+        .run(&pool)
+        .await?;
     Ok(pool)
 }
 
 /// `capturelink migrate --database-url …`: applies the migrations the database lacks and
 /// returns every migration now recorded.
-pub async fn migrate(url: &str) -> Result<Vec<super::admin::AppliedMigration>> {
+pub async fn migrate(url: &str) -> Result<Vec<capturelink_store_types::AppliedMigration>> {
     let opts: PgConnectOptions = url.parse().map_err(StoreError::Db)?;
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -63,15 +65,19 @@ pub async fn migrate(url: &str) -> Result<Vec<super::admin::AppliedMigration>> {
         .map_err(StoreError::classify)?;
     let outcome = async {
         let before = recorded_migrations(&pool).await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        sqlx::migrate!("../../migrations/postgres")
+            .run(&pool)
+            .await?;
         let after = recorded_migrations(&pool).await?;
         Ok(after
             .into_iter()
-            .map(|(version, description)| super::admin::AppliedMigration {
-                now: !before.iter().any(|(v, _)| *v == version),
-                version,
-                description,
-            })
+            .map(
+                |(version, description)| capturelink_store_types::AppliedMigration {
+                    now: !before.iter().any(|(v, _)| *v == version),
+                    version,
+                    description,
+                },
+            )
             .collect())
     }
     .await;

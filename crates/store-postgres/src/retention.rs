@@ -3,8 +3,8 @@
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 
-use crate::store::retention::PurgedContent;
-use crate::store::{Result, StoreError};
+use capturelink_store_types::PurgedContent;
+use capturelink_store_types::{Result, StoreError};
 
 pub async fn due_purges(pool: &PgPool, cutoff: i64, limit: u32) -> Result<Vec<String>> {
     // The expression matches the partial index `sessions_retention`.

@@ -3,9 +3,10 @@
 
 use sqlx::{PgPool, Postgres, Row};
 
-use crate::signaling::protocol::with_seq;
-use crate::store::events::RowRef;
-use crate::store::{EventRow, Result, StoreError};
+use capturelink_store_types::events::EventRow;
+use capturelink_store_types::events::RowRef;
+use capturelink_store_types::events::with_seq;
+use capturelink_store_types::{Result, StoreError};
 
 /// Takes `n` numbers for one recipient inside the caller's transaction and returns the last. The
 /// counter row stays locked until the transaction ends, so a second append for the same recipient

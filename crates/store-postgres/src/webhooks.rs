@@ -2,11 +2,14 @@
 
 use sqlx::{FromRow, PgPool, Postgres, Row};
 
-use crate::store::webhooks::{DueWebhook, OutboxRow, OutboxState};
-use crate::store::{Result, StoreError};
+use capturelink_store_types::webhooks::{DueWebhook, OutboxRow, OutboxState};
+use capturelink_store_types::{Result, StoreError};
 
 /// Writes one delivery inside the caller's transaction (see the SQLite store's
 /// `enqueue_webhook`): `disabled` for an endpoint that answered 410 before, else `pending`.
+pub(crate) const PRUNE_WEBHOOKS: &str = "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM \
+     webhook_outbox WHERE status <> 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2)";
+
 pub async fn enqueue_webhook(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     row: &OutboxRow,
@@ -206,7 +209,7 @@ pub async fn webhook_state(pool: &PgPool, id: &str) -> Result<Option<OutboxState
 }
 
 pub async fn prune_webhooks(pool: &PgPool, before: i64, limit: u32) -> Result<u64> {
-    let done = sqlx::query(crate::store::webhooks::PRUNE_WEBHOOKS)
+    let done = sqlx::query(PRUNE_WEBHOOKS)
         .bind(before)
         .bind(i64::from(limit))
         .execute(pool)

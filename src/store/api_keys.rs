@@ -2,8 +2,6 @@
 
 pub use capturelink_store_types::api_keys::{ApiKeyRow, Revoked};
 
-use sqlx::FromRow;
-
 use super::{Result, Store, StoreError};
 use super::{on_postgres, postgres};
 
@@ -14,12 +12,12 @@ impl Store {
             pg, name, hash, now
         )
         .await);
-        let id: i64 = sqlx::query_scalar(
+        let id = sqlx::query_scalar!(
             "INSERT INTO api_keys (name, hash, created_at) VALUES (?, ?, ?) RETURNING id",
+            name,
+            hash,
+            now
         )
-        .bind(name)
-        .bind(hash)
-        .bind(now)
         .fetch_one(&db.write)
         .await
         .map_err(StoreError::classify)?;
@@ -29,32 +27,28 @@ impl Store {
     /// Every key, oldest first, revoked ones included.
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>> {
         let db = on_postgres!(self, |pg| postgres::api_keys::list_api_keys(pg).await);
-        let rows = sqlx::query(
+        sqlx::query_as!(
+            ApiKeyRow,
             "SELECT id, name, hash, created_at, revoked_at, last_used_at FROM api_keys ORDER BY id",
         )
         .fetch_all(&db.read)
         .await
-        .map_err(StoreError::classify)?;
-        rows.iter().map(|r| Ok(ApiKeyRow::from_row(r)?)).collect()
+        .map_err(StoreError::classify)
     }
 
     pub async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoked> {
         let db = on_postgres!(self, |pg| postgres::api_keys::revoke_api_key(pg, id, now)
             .await);
         let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
-        let revoked_at: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT revoked_at FROM api_keys WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
+        let revoked_at = sqlx::query_scalar!("SELECT revoked_at FROM api_keys WHERE id = ?", id)
+            .fetch_optional(&mut *tx)
                 .await
                 .map_err(StoreError::classify)?;
         let outcome = match revoked_at {
             None => Revoked::NotFound,
             Some(Some(at)) => Revoked::Already(at),
             Some(None) => {
-                sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
-                    .bind(now)
-                    .bind(id)
+                sqlx::query!("UPDATE api_keys SET revoked_at = ? WHERE id = ?", now, id)
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::classify)?;
@@ -69,9 +63,11 @@ impl Store {
     /// such a key, so a revoke made by another process takes effect at once.
     pub async fn live_api_key(&self, hash: &[u8]) -> Result<Option<i64>> {
         let db = on_postgres!(self, |pg| postgres::api_keys::live_api_key(pg, hash).await);
-        sqlx::query_scalar("SELECT id FROM api_keys WHERE hash = ? AND revoked_at IS NULL")
-            .bind(hash)
-            .fetch_optional(&db.read)
+        sqlx::query_scalar!(
+            "SELECT id FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
+            hash
+        )
+        .fetch_optional(&db.read)
             .await
             .map_err(StoreError::classify)
     }
@@ -79,9 +75,7 @@ impl Store {
     pub async fn touch_api_key(&self, id: i64, now: i64) -> Result<()> {
         let db = on_postgres!(self, |pg| postgres::api_keys::touch_api_key(pg, id, now)
             .await);
-        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
+        sqlx::query!("UPDATE api_keys SET last_used_at = ? WHERE id = ?", now, id)
             .execute(&db.write)
             .await
             .map_err(StoreError::classify)?;

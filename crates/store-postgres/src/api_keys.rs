@@ -1,6 +1,5 @@
 //! API keys on PostgreSQL.
 
-use sqlx::FromRow;
 use sqlx::postgres::PgPool;
 
 use capturelink_store_types::api_keys::{ApiKeyRow, Revoked};
@@ -12,12 +11,12 @@ pub async fn insert_api_key(
     hash: &[u8],
     now: i64,
 ) -> Result<i64> {
-    let id: i64 = sqlx::query_scalar(
+    let id = sqlx::query_scalar!(
         "INSERT INTO api_keys (name, hash, created_at) VALUES ($1, $2, $3) RETURNING id",
+        name,
+        hash,
+        now
     )
-    .bind(name)
-    .bind(hash)
-    .bind(now)
     .fetch_one(pool)
     .await
     .map_err(StoreError::classify)?;
@@ -25,22 +24,22 @@ pub async fn insert_api_key(
 }
 
 pub async fn list_api_keys(pool: &PgPool) -> Result<Vec<ApiKeyRow>> {
-    let rows = sqlx::query(
-        "SELECT id, name, hash, created_at, revoked_at, last_used_at FROM api_keys ORDER BY id",
+    sqlx::query_as!(
+        ApiKeyRow,
+        // ASC: the same text as SQLite's statement would share its query data (scripts/sqlx-prepare).
+        "SELECT id, name, hash, created_at, revoked_at, last_used_at FROM api_keys ORDER BY id ASC",
     )
     .fetch_all(pool)
     .await
-    .map_err(StoreError::classify)?;
-    rows.iter().map(|r| Ok(ApiKeyRow::from_row(r)?)).collect()
+    .map_err(StoreError::classify)
 }
 
 pub async fn revoke_api_key(pool: &PgPool, id: i64, now: i64) -> Result<Revoked> {
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
     // FOR UPDATE: of two revokes racing for the key, the second waits here and then reads the
     // first one's `revoked_at` (Already), instead of both answering Now.
-    let revoked_at: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT revoked_at FROM api_keys WHERE id = $1 FOR UPDATE")
-            .bind(id)
+    let revoked_at =
+        sqlx::query_scalar!("SELECT revoked_at FROM api_keys WHERE id = $1 FOR UPDATE", id)
             .fetch_optional(&mut *tx)
             .await
             .map_err(StoreError::classify)?;
@@ -48,9 +47,7 @@ pub async fn revoke_api_key(pool: &PgPool, id: i64, now: i64) -> Result<Revoked>
         None => Revoked::NotFound,
         Some(Some(at)) => Revoked::Already(at),
         Some(None) => {
-            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
-                .bind(now)
-                .bind(id)
+            sqlx::query!("UPDATE api_keys SET revoked_at = $1 WHERE id = $2", now, id)
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::classify)?;
@@ -62,17 +59,17 @@ pub async fn revoke_api_key(pool: &PgPool, id: i64, now: i64) -> Result<Revoked>
 }
 
 pub async fn live_api_key(pool: &PgPool, hash: &[u8]) -> Result<Option<i64>> {
-    sqlx::query_scalar("SELECT id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL")
-        .bind(hash)
-        .fetch_optional(pool)
+    sqlx::query_scalar!(
+        "SELECT id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL",
+        hash
+    )
+    .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)
 }
 
 pub async fn touch_api_key(pool: &PgPool, id: i64, now: i64) -> Result<()> {
-    sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
-        .bind(now)
-        .bind(id)
+    sqlx::query!("UPDATE api_keys SET last_used_at = $1 WHERE id = $2", now, id)
         .execute(pool)
         .await
         .map_err(StoreError::classify)?;

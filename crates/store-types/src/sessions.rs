@@ -45,6 +45,30 @@ impl TryFrom<String> for SessionStatus {
     }
 }
 
+/// Read from its column as text on either backend (`status AS "status: _"` in a query macro).
+impl<DB: sqlx::Database> sqlx::Type<DB> for SessionStatus
+where
+    str: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <str as sqlx::Type<DB>>::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <str as sqlx::Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for SessionStatus
+where
+    &'r str: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let s = <&str as sqlx::Decode<'r, DB>>::decode(value)?;
+        Ok(Self::parse(s).ok_or_else(|| format!("unknown session status {s:?}"))?)
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SessionRow {
     pub id: String,

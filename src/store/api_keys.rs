@@ -42,8 +42,8 @@ impl Store {
         let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         let revoked_at = sqlx::query_scalar!("SELECT revoked_at FROM api_keys WHERE id = ?", id)
             .fetch_optional(&mut *tx)
-                .await
-                .map_err(StoreError::classify)?;
+            .await
+            .map_err(StoreError::classify)?;
         let outcome = match revoked_at {
             None => Revoked::NotFound,
             Some(Some(at)) => Revoked::Already(at),
@@ -68,8 +68,8 @@ impl Store {
             hash
         )
         .fetch_optional(&db.read)
-            .await
-            .map_err(StoreError::classify)
+        .await
+        .map_err(StoreError::classify)
     }
 
     pub async fn touch_api_key(&self, id: i64, now: i64) -> Result<()> {

@@ -4,31 +4,25 @@ pub use capturelink_store_types::captures::{CaptureRow, NewCapture, RequestRow};
 
 use std::collections::HashSet;
 
-use sqlx::{FromRow, Row};
-
 use super::events::insert_events;
 use super::webhooks::enqueue_webhook;
 use super::{EventRow, Result, SlotRow, Store, StoreError};
 use super::{on_postgres, postgres};
 
-pub(crate) const CAPTURE_COLUMNS: &str = "id, session_id, slot_id, area, angle, note, source, request_id, mime, \
-     width, height, bytes, sha256, sharpness, brightness, warnings, uploaded_by, idempotency_key, \
-     request_hash, created_at";
-
-fn capture_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<CaptureRow> {
-    Ok(CaptureRow::from_row(r)?)
-}
-
 impl Store {
     pub async fn get_capture(&self, id: &str) -> Result<Option<CaptureRow>> {
         let db = on_postgres!(self, |pg| postgres::captures::get_capture(pg, id).await);
-        let sql = format!("SELECT {CAPTURE_COLUMNS} FROM captures WHERE id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&db.read)
-            .await
-            .map_err(StoreError::classify)?;
-        row.as_ref().map(capture_from_row).transpose()
+        sqlx::query_as!(
+            CaptureRow,
+            "SELECT id, session_id, slot_id, area, angle, note, source, request_id, mime, width,
+                height, bytes, sha256, sharpness, brightness, warnings, uploaded_by,
+                idempotency_key, request_hash, created_at
+               FROM captures WHERE id = ?",
+            id
+        )
+        .fetch_optional(&db.read)
+        .await
+        .map_err(StoreError::classify)
     }
 
     pub async fn capture_by_idempotency_key(
@@ -40,63 +34,69 @@ impl Store {
             pg, session_id, key
         )
         .await);
-        let sql = format!(
-            "SELECT {CAPTURE_COLUMNS} FROM captures WHERE session_id = ? AND idempotency_key = ?"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(session_id)
-            .bind(key)
-            .fetch_optional(&db.write)
-            .await
-            .map_err(StoreError::classify)?;
-        row.as_ref().map(capture_from_row).transpose()
+        sqlx::query_as!(
+            CaptureRow,
+            "SELECT id, session_id, slot_id, area, angle, note, source, request_id, mime, width,
+                height, bytes, sha256, sharpness, brightness, warnings, uploaded_by,
+                idempotency_key, request_hash, created_at
+               FROM captures WHERE session_id = ? AND idempotency_key = ?",
+            session_id,
+            key
+        )
+        .fetch_optional(&db.write)
+        .await
+        .map_err(StoreError::classify)
     }
 
     /// A session's captures, oldest first; [`StoreError::Purged`] once retention deleted them.
     pub async fn list_captures(&self, session_id: &str) -> Result<Vec<CaptureRow>> {
         let db = on_postgres!(self, |pg| postgres::captures::list_captures(pg, session_id)
             .await);
-        let sql = format!(
-            "SELECT {CAPTURE_COLUMNS} FROM captures WHERE session_id = ? ORDER BY created_at, id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(session_id)
-            .fetch_all(&db.read)
-            .await
-            .map_err(StoreError::classify)?;
+        let rows = sqlx::query_as!(
+            CaptureRow,
+            "SELECT id, session_id, slot_id, area, angle, note, source, request_id, mime, width,
+                height, bytes, sha256, sharpness, brightness, warnings, uploaded_by,
+                idempotency_key, request_hash, created_at
+               FROM captures WHERE session_id = ? ORDER BY created_at, id",
+            session_id
+        )
+        .fetch_all(&db.read)
+        .await
+        .map_err(StoreError::classify)?;
         // A purge deletes every capture row of its session, so only an empty list may be a purge.
         if rows.is_empty() && self.purged_at(session_id).await?.is_some() {
             return Err(StoreError::Purged);
         }
-        rows.iter().map(capture_from_row).collect()
+        Ok(rows)
     }
 
     pub async fn capture_count(&self, session_id: &str) -> Result<u64> {
         let db = on_postgres!(self, |pg| postgres::captures::capture_count(pg, session_id)
             .await);
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM captures WHERE session_id = ?")
-            .bind(session_id)
-            .fetch_one(&db.read)
-            .await
-            .map_err(StoreError::classify)?;
+        let n: i64 = sqlx::query_scalar!(
+            "SELECT COUNT(*) FROM captures WHERE session_id = ?",
+            session_id
+        )
+        .fetch_one(&db.read)
+        .await
+        .map_err(StoreError::classify)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Every content hash some capture names (for the start-up sweep of orphaned files).
     pub async fn capture_hashes(&self) -> Result<HashSet<String>> {
         let db = on_postgres!(self, |pg| postgres::captures::capture_hashes(pg).await);
-        let rows = sqlx::query("SELECT DISTINCT sha256 FROM captures")
+        let hashes = sqlx::query_scalar!("SELECT DISTINCT sha256 FROM captures")
             .fetch_all(&db.read)
             .await
             .map_err(StoreError::classify)?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        Ok(hashes.into_iter().collect())
     }
 
     /// Is this content named by any capture other than `except_id`?
     pub async fn hash_in_use(&self, sha256: &str) -> Result<bool> {
         let db = on_postgres!(self, |pg| postgres::captures::hash_in_use(pg, sha256).await);
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM captures WHERE sha256 = ?")
-            .bind(sha256)
+        let n: i64 = sqlx::query_scalar!("SELECT COUNT(*) FROM captures WHERE sha256 = ?", sha256)
             .fetch_one(&db.write)
             .await
             .map_err(StoreError::classify)?;
@@ -114,17 +114,17 @@ impl Store {
             pg, session_id, r, now
         )
         .await);
-        sqlx::query(
+        sqlx::query!(
             "INSERT OR IGNORE INTO capture_requests \
              (session_id, request_id, area, angle, slot_id, status, created_at) \
              VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            session_id,
+            &r.request_id,
+            &r.area,
+            &r.angle,
+            &r.slot_id,
+            now
         )
-        .bind(session_id)
-        .bind(&r.request_id)
-        .bind(&r.area)
-        .bind(&r.angle)
-        .bind(&r.slot_id)
-        .bind(now)
         .execute(&db.write)
         .await
         .map_err(StoreError::classify)?;
@@ -140,19 +140,16 @@ impl Store {
             pg, session_id, request_id
         )
         .await);
-        let row = sqlx::query(
+        sqlx::query_as!(
+            RequestRow,
             "SELECT request_id, area, angle, slot_id, status, capture_id FROM capture_requests \
              WHERE session_id = ? AND request_id = ?",
+            session_id,
+            request_id
         )
-        .bind(session_id)
-        .bind(request_id)
         .fetch_optional(&db.write)
         .await
-        .map_err(StoreError::classify)?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(Some(RequestRow::from_row(&r)?)),
-        }
+        .map_err(StoreError::classify)
     }
 
     /// Inserts a capture, fills its slot, fulfils its request and logs its events, atomically.
@@ -164,42 +161,43 @@ impl Store {
         .await);
         let c = new.capture;
         let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
-        let sql = format!(
-            "INSERT INTO captures ({CAPTURE_COLUMNS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&c.id)
-            .bind(&c.session_id)
-            .bind(&c.slot_id)
-            .bind(&c.area)
-            .bind(&c.angle)
-            .bind(&c.note)
-            .bind(&c.source)
-            .bind(&c.request_id)
-            .bind(&c.mime)
-            .bind(c.width)
-            .bind(c.height)
-            .bind(c.bytes)
-            .bind(&c.sha256)
-            .bind(c.sharpness)
-            .bind(c.brightness)
-            .bind(&c.warnings)
-            .bind(&c.uploaded_by)
-            .bind(&c.idempotency_key)
-            .bind(&c.request_hash)
-            .bind(c.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::classify)?;
+        sqlx::query!(
+            "INSERT INTO captures (id, session_id, slot_id, area, angle, note, source, request_id, mime, width,
+                 height, bytes, sha256, sharpness, brightness, warnings, uploaded_by,
+                 idempotency_key, request_hash, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            c.id,
+            c.session_id,
+            c.slot_id,
+            c.area,
+            c.angle,
+            c.note,
+            c.source,
+            c.request_id,
+            c.mime,
+            c.width,
+            c.height,
+            c.bytes,
+            c.sha256,
+            c.sharpness,
+            c.brightness,
+            c.warnings,
+            c.uploaded_by,
+            c.idempotency_key,
+            c.request_hash,
+            c.created_at
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
         if let Some(slot) = &c.slot_id {
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE checklist_slots SET status = 'done', capture_id = ? \
                  WHERE session_id = ? AND id = ?",
+                &c.id,
+                &c.session_id,
+                slot
             )
-            .bind(&c.id)
-            .bind(&c.session_id)
-            .bind(slot)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::classify)?;
@@ -207,13 +205,13 @@ impl Store {
         if let Some(req) = new.fulfils {
             // Conditional: two stills racing for one request both passed the handler's check;
             // only the first to commit may fulfil it (the transaction then rolls back).
-            let updated = sqlx::query(
+            let updated = sqlx::query!(
                 "UPDATE capture_requests SET status = 'fulfilled', capture_id = ? \
                  WHERE session_id = ? AND request_id = ? AND status <> 'fulfilled'",
+                &c.id,
+                &c.session_id,
+                req
             )
-            .bind(&c.id)
-            .bind(&c.session_id)
-            .bind(req)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::classify)?;

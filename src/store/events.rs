@@ -5,7 +5,7 @@ pub use capturelink_store_types::events::{EventRow, RowRef};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Result, Store, StoreError};
@@ -333,10 +333,10 @@ async fn write_group(writer: &Writer, group: &mut [Batch], skip: &[bool]) -> Res
         return write_marks(pool, &marks).await;
     }
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
-    insert_rows(&mut tx, "INSERT", &rows).await?;
+    insert_rows(&mut tx, &rows, false).await?;
     // OR IGNORE: a number already on record (a mark that failed with its group and was taken
     // again) is no reason to fail the events committed with it.
-    insert_rows(&mut tx, "INSERT OR IGNORE", &marks).await?;
+    insert_rows(&mut tx, &marks, true).await?;
     tx.commit().await.map_err(StoreError::classify)
 }
 
@@ -348,19 +348,19 @@ async fn write_group(writer: &Writer, group: &mut [Batch], skip: &[bool]) -> Res
 async fn write_marks(pool: &SqlitePool, marks: &[RowRef<'_>]) -> Result<()> {
     use sqlx::{Acquire, Connection};
     let mut conn = pool.acquire().await.map_err(StoreError::classify)?;
-    sqlx::query("PRAGMA synchronous = NORMAL")
+    sqlx::query!("PRAGMA synchronous = NORMAL")
         .execute(&mut *conn)
         .await
         .map_err(StoreError::classify)?;
     let written = async {
         let mut tx = conn.begin().await.map_err(StoreError::classify)?;
-        insert_rows(&mut tx, "INSERT OR IGNORE", marks).await?;
+        insert_rows(&mut tx, marks, true).await?;
         tx.commit().await.map_err(StoreError::classify)
     }
     .await;
     // Back to FULL before the connection is used for anything else; a connection that cannot be
     // put back is closed rather than left to commit events without an fsync.
-    if let Err(e) = sqlx::query("PRAGMA synchronous = FULL")
+    if let Err(e) = sqlx::query!("PRAGMA synchronous = FULL")
         .execute(&mut *conn)
         .await
     {
@@ -376,39 +376,49 @@ pub(crate) async fn insert_events(
     rows: &[EventRow],
 ) -> Result<()> {
     let rows: Vec<RowRef<'_>> = rows.iter().map(RowRef::from).collect();
-    insert_rows(tx, "INSERT", &rows).await
+    insert_rows(tx, &rows, false).await
 }
 
-/// Rows per multi-row INSERT, largest first: a group of many small events costs a few statements
-/// (each a round trip to SQLite's thread), and a handful of distinct statements stays prepared.
-const INSERT_CHUNKS: [usize; 3] = [32, 8, 1];
-
+/// Writes rows in one statement however many there are: the rows go as one JSON array of
+/// `[session_id, role, seq, kind, body, created_at]` that SQLite's `json_each` spreads into rows
+/// (one round trip to SQLite's thread per group, and one statement the compiler checks, where
+/// multi-row `VALUES` lists would need a statement per size). `or_ignore`: a row already on record
+/// is skipped (a seq mark taken again after its group failed).
 async fn insert_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    verb: &str,
-    mut rows: &[RowRef<'_>],
+    rows: &[RowRef<'_>],
+    or_ignore: bool,
 ) -> Result<()> {
-    for size in INSERT_CHUNKS {
-        while rows.len() >= size {
-            let (chunk, rest) = rows.split_at(size);
-            rows = rest;
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(verb);
-            insert.push(" INTO events (session_id, role, seq, kind, body, created_at) ");
-            insert.push_values(chunk, |mut b, row| {
-                b.push_bind(row.session_id)
-                    .push_bind(row.role)
-                    .push_bind(row.seq)
-                    .push_bind(row.kind)
-                    .push_bind(row.body)
-                    .push_bind(row.created_at);
-            });
-            insert
-                .build()
-                .execute(&mut **tx)
-                .await
-                .map_err(StoreError::classify)?;
-        }
+    if rows.is_empty() {
+        return Ok(());
     }
+    let json = serde_json::to_string(
+        &rows
+            .iter()
+            .map(|r| (r.session_id, r.role, r.seq, r.kind, r.body, r.created_at))
+            .collect::<Vec<_>>(),
+    )
+    .expect("rows serialize");
+    let done = if or_ignore {
+        sqlx::query!(
+            "INSERT OR IGNORE INTO events (session_id, role, seq, kind, body, created_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 \
+             FROM json_each(?)",
+            json
+        )
+        .execute(&mut **tx)
+        .await
+    } else {
+        sqlx::query!(
+            "INSERT INTO events (session_id, role, seq, kind, body, created_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 \
+             FROM json_each(?)",
+            json
+        )
+        .execute(&mut **tx)
+        .await
+    };
+    done.map_err(StoreError::classify)?;
     Ok(())
 }
 
@@ -416,19 +426,18 @@ impl Store {
     /// The highest seq issued to each role of a session (0 where none).
     pub async fn last_seqs(&self, session_id: &str) -> Result<(i64, i64)> {
         let db = on_postgres!(self, |pg| postgres::events::last_seqs(pg, session_id).await);
-        let rows =
-            sqlx::query("SELECT role, MAX(seq) FROM events WHERE session_id = ? GROUP BY role")
-                .bind(session_id)
-                .fetch_all(&db.read)
-                .await
-                .map_err(StoreError::classify)?;
+        let rows = sqlx::query!(
+            r#"SELECT role AS "role!", MAX(seq) AS "seq!: i64" FROM events WHERE session_id = ? GROUP BY role"#,
+            session_id
+        )
+        .fetch_all(&db.read)
+        .await
+        .map_err(StoreError::classify)?;
         let (mut agent, mut customer) = (0, 0);
         for r in rows {
-            let role: String = r.try_get(0)?;
-            let seq: i64 = r.try_get(1)?;
-            match role.as_str() {
-                "agent" => agent = seq,
-                _ => customer = seq,
+            match r.role.as_str() {
+                "agent" => agent = r.seq,
+                _ => customer = r.seq,
             }
         }
         Ok((agent, customer))
@@ -447,20 +456,18 @@ impl Store {
             pg, session_id, role, after, upto
         )
         .await);
-        let rows = sqlx::query(
+        let rows = sqlx::query!(
             "SELECT seq, body FROM events WHERE session_id = ? AND role = ? AND seq > ? AND seq <= ? \
              AND kind <> 'signal' ORDER BY seq",
+            session_id,
+            role,
+            after,
+            upto
         )
-        .bind(session_id)
-        .bind(role)
-        .bind(after)
-        .bind(upto)
         .fetch_all(&db.read)
         .await
         .map_err(StoreError::classify)?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        Ok(rows.into_iter().map(|r| (r.seq, r.body)).collect())
     }
 }
 

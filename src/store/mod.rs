@@ -229,8 +229,8 @@ impl Store {
             .await
             .map_err(StoreError::classify)?;
         let outcome = async {
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
-            sqlx::query("ROLLBACK").execute(&mut conn).await?;
+            sqlx::query!("BEGIN IMMEDIATE").execute(&mut conn).await?;
+            sqlx::query!("ROLLBACK").execute(&mut conn).await?;
             Ok::<_, sqlx::Error>(())
         }
         .await

@@ -7,8 +7,6 @@
 
 pub use capturelink_store_types::PurgedContent;
 
-use sqlx::Row;
-
 use super::{Result, Store, StoreError};
 use super::{on_postgres, postgres};
 
@@ -21,17 +19,17 @@ impl Store {
         )
         .await);
         // The expression matches the partial index `sessions_retention`.
-        let rows = sqlx::query(
+        let limit = i64::from(limit);
+        sqlx::query_scalar!(
             "SELECT id FROM sessions \
              WHERE purged_at IS NULL AND COALESCE(closed_at, expires_at) <= ? \
              ORDER BY COALESCE(closed_at, expires_at) LIMIT ?",
+            cutoff,
+            limit
         )
-        .bind(cutoff)
-        .bind(i64::from(limit))
         .fetch_all(&db.read)
         .await
-        .map_err(StoreError::classify)?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        .map_err(StoreError::classify)
     }
 
     /// Deletes a session's captures, capture requests, events and webhook rows and marks it
@@ -42,41 +40,51 @@ impl Store {
         let db = on_postgres!(self, |pg| postgres::retention::purge_session(pg, id, now)
             .await);
         let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
-        let marked = sqlx::query(
-            "UPDATE sessions SET purged_at = ? WHERE id = ? AND purged_at IS NULL \
-             AND (status IN ('closed', 'expired') OR expires_at <= ?)",
+        let marked = sqlx::query!(
+            "UPDATE sessions SET purged_at = ?1 WHERE id = ?2 AND purged_at IS NULL \
+             AND (status IN ('closed', 'expired') OR expires_at <= ?1)",
+            now,
+            id
         )
-        .bind(now)
-        .bind(id)
-        .bind(now)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
         if marked.rows_affected() != 1 {
             return Ok(None);
         }
-        let content =
-            sqlx::query("SELECT DISTINCT sha256, mime FROM captures WHERE session_id = ?")
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::classify)?
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<Result<PurgedContent>>()?;
-        for sql in [
-            "DELETE FROM captures WHERE session_id = ?",
-            "DELETE FROM capture_requests WHERE session_id = ?",
+        let content: PurgedContent = sqlx::query!(
+            "SELECT DISTINCT sha256, mime FROM captures WHERE session_id = ?",
+            id
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?
+        .into_iter()
+        .map(|r| (r.sha256, r.mime))
+        .collect();
+        sqlx::query!("DELETE FROM captures WHERE session_id = ?", id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
+        sqlx::query!("DELETE FROM capture_requests WHERE session_id = ?", id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
+        sqlx::query!(
             "UPDATE checklist_slots SET capture_id = NULL WHERE session_id = ?",
-            "DELETE FROM events WHERE session_id = ?",
-            "DELETE FROM webhook_outbox WHERE session_id = ?",
-        ] {
-            sqlx::query(sql)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::classify)?;
-        }
+            id
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
+        sqlx::query!("DELETE FROM events WHERE session_id = ?", id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
+        sqlx::query!("DELETE FROM webhook_outbox WHERE session_id = ?", id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
         tx.commit().await.map_err(StoreError::classify)?;
         Ok(Some(content))
     }
@@ -85,12 +93,10 @@ impl Store {
     pub async fn purged_at(&self, session_id: &str) -> Result<Option<i64>> {
         let db = on_postgres!(self, |pg| postgres::retention::purged_at(pg, session_id)
             .await);
-        let at: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT purged_at FROM sessions WHERE id = ?")
-                .bind(session_id)
-                .fetch_optional(&db.read)
-                .await
-                .map_err(StoreError::classify)?;
+        let at = sqlx::query_scalar!("SELECT purged_at FROM sessions WHERE id = ?", session_id)
+            .fetch_optional(&db.read)
+            .await
+            .map_err(StoreError::classify)?;
         Ok(at.flatten())
     }
 }

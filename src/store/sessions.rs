@@ -4,19 +4,10 @@ pub use capturelink_store_types::sessions::{
     Created, ListFilter, NewSession, SessionRow, SessionStatus, SlotRow,
 };
 
-use sqlx::{FromRow, Row};
-
 use super::events::insert_events;
 use super::webhooks::{OutboxRow, enqueue_webhook};
 use super::{EventRow, Result, Store, StoreError};
 use super::{on_postgres, postgres};
-
-pub(crate) const SESSION_COLUMNS: &str = "id, claim_ref, status, locale, vehicle, customer, webhook_url, \
-     token_salt, created_at, expires_at, started_at, closed_at, closed_by";
-
-fn session_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SessionRow> {
-    Ok(SessionRow::from_row(r)?)
-}
 
 impl Store {
     pub async fn find_idempotent(
@@ -28,18 +19,15 @@ impl Store {
             pg, scope, key
         )
         .await);
-        let row = sqlx::query(
+        let row = sqlx::query!(
             "SELECT resource_id, request_hash FROM idempotency_keys WHERE scope = ? AND key = ?",
+            scope,
+            key
         )
-        .bind(scope)
-        .bind(key)
         .fetch_optional(&db.read)
         .await
         .map_err(StoreError::classify)?;
-        Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
-            None => None,
-        })
+        Ok(row.map(|r| (r.resource_id, r.request_hash)))
     }
 
     /// Inserts a session with its tokens and slots in one transaction. With an idempotency key that
@@ -48,59 +36,57 @@ impl Store {
         let db = on_postgres!(self, |pg| postgres::sessions::create_session(pg, new).await);
         let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
         if let Some((scope, key, hash)) = &new.idempotency {
-            let prior = sqlx::query(
-                "SELECT resource_id, request_hash FROM idempotency_keys WHERE scope = ? AND key = ?",
-            )
-            .bind(scope)
-            .bind(key)
+            let prior = sqlx::query!("SELECT resource_id, request_hash FROM idempotency_keys WHERE scope = ? AND key = ?", scope, key)
             .fetch_optional(&mut *tx)
             .await
             .map_err(StoreError::classify)?;
             if let Some(r) = prior {
                 return Ok(Created::Existing {
-                    session_id: r.try_get(0)?,
-                    request_hash: r.try_get(1)?,
+                    session_id: r.resource_id,
+                    request_hash: r.request_hash,
                 });
             }
-            sqlx::query(
+            sqlx::query!(
                 "INSERT INTO idempotency_keys (scope, key, request_hash, resource_id, created_at) \
                  VALUES (?, ?, ?, ?, ?)",
+                scope,
+                key,
+                hash,
+                &new.row.id,
+                new.row.created_at
             )
-            .bind(scope)
-            .bind(key)
-            .bind(hash)
-            .bind(&new.row.id)
-            .bind(new.row.created_at)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::classify)?;
         }
         let s = &new.row;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO sessions (id, claim_ref, status, locale, vehicle, customer, webhook_url, \
              token_salt, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            &s.id,
+            &s.claim_ref,
+            s.status.as_str(),
+            &s.locale,
+            &s.vehicle,
+            &s.customer,
+            &s.webhook_url,
+            &s.token_salt,
+            s.created_at,
+            s.expires_at
         )
-        .bind(&s.id)
-        .bind(&s.claim_ref)
-        .bind(s.status.as_str())
-        .bind(&s.locale)
-        .bind(&s.vehicle)
-        .bind(&s.customer)
-        .bind(&s.webhook_url)
-        .bind(&s.token_salt)
-        .bind(s.created_at)
-        .bind(s.expires_at)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
         for (hash, role) in &new.tokens {
-            sqlx::query("INSERT INTO join_tokens (token_hash, session_id, role) VALUES (?, ?, ?)")
-                .bind(hash)
-                .bind(&s.id)
-                .bind(*role)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::classify)?;
+            sqlx::query!(
+                "INSERT INTO join_tokens (token_hash, session_id, role) VALUES (?, ?, ?)",
+                hash,
+                &s.id,
+                *role
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::classify)?;
         }
         for slot in &new.slots {
             insert_slot(&mut tx, &s.id, slot).await?;
@@ -111,44 +97,38 @@ impl Store {
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>> {
         let db = on_postgres!(self, |pg| postgres::sessions::get_session(pg, id).await);
-        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&db.read)
-            .await
-            .map_err(StoreError::classify)?;
-        row.as_ref().map(session_from_row).transpose()
+        sqlx::query_as!(
+            SessionRow,
+            r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer, webhook_url,
+                token_salt, created_at, expires_at, started_at, closed_at, closed_by
+               FROM sessions WHERE id = ?"#,
+            id
+        )
+        .fetch_optional(&db.read)
+        .await
+        .map_err(StoreError::classify)
     }
 
     pub async fn list_sessions(&self, f: &ListFilter) -> Result<Vec<SessionRow>> {
         let db = on_postgres!(self, |pg| postgres::sessions::list_sessions(pg, f).await);
-        let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE 1 = 1");
-        if f.status.is_some() {
-            sql.push_str(" AND status = ?");
-        }
-        if f.claim_ref.is_some() {
-            sql.push_str(" AND claim_ref = ?");
-        }
-        if f.before_id.is_some() {
-            sql.push_str(" AND id < ?");
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        if let Some(s) = f.status {
-            q = q.bind(s.as_str());
-        }
-        if let Some(c) = &f.claim_ref {
-            q = q.bind(c);
-        }
-        if let Some(b) = &f.before_id {
-            q = q.bind(b);
-        }
-        let rows = q
-            .bind(i64::from(f.limit))
-            .fetch_all(&db.read)
-            .await
-            .map_err(StoreError::classify)?;
-        rows.iter().map(session_from_row).collect()
+        // An absent filter is a NULL parameter that matches every row.
+        let status = f.status.map(SessionStatus::as_str);
+        sqlx::query_as!(
+            SessionRow,
+            r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer, webhook_url,
+                token_salt, created_at, expires_at, started_at, closed_at, closed_by
+               FROM sessions
+               WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR claim_ref = ?2)
+                 AND (?3 IS NULL OR id < ?3)
+               ORDER BY id DESC LIMIT ?4"#,
+            status,
+            f.claim_ref,
+            f.before_id,
+            i64::from(f.limit)
+        )
+        .fetch_all(&db.read)
+        .await
+        .map_err(StoreError::classify)
     }
 
     /// The session and role a join token belongs to.
@@ -160,33 +140,48 @@ impl Store {
             pg, token_hash
         )
         .await);
-        let sql = format!(
-            "SELECT s.{}, t.role AS token_role FROM join_tokens t JOIN sessions s ON s.id = t.session_id \
-             WHERE t.token_hash = ?",
-            SESSION_COLUMNS.replace(", ", ", s.")
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(token_hash)
-            .fetch_optional(&db.read)
-            .await
-            .map_err(StoreError::classify)?;
-        match row {
-            Some(r) => Ok(Some((session_from_row(&r)?, r.try_get("token_role")?))),
-            None => Ok(None),
-        }
+        let row = sqlx::query!(
+            r#"SELECT s.id, s.claim_ref, s.status AS "status: SessionStatus", s.locale, s.vehicle,
+                s.customer, s.webhook_url, s.token_salt, s.created_at, s.expires_at, s.started_at,
+                s.closed_at, s.closed_by, t.role
+               FROM join_tokens t JOIN sessions s ON s.id = t.session_id
+               WHERE t.token_hash = ?"#,
+            token_hash
+        )
+        .fetch_optional(&db.read)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(row.map(|r| {
+            let session = SessionRow {
+                id: r.id,
+                claim_ref: r.claim_ref,
+                status: r.status,
+                locale: r.locale,
+                vehicle: r.vehicle,
+                customer: r.customer,
+                webhook_url: r.webhook_url,
+                token_salt: r.token_salt,
+                created_at: r.created_at,
+                expires_at: r.expires_at,
+                started_at: r.started_at,
+                closed_at: r.closed_at,
+                closed_by: r.closed_by,
+            };
+            (session, r.role)
+        }))
     }
 
     pub async fn slots(&self, session_id: &str) -> Result<Vec<SlotRow>> {
         let db = on_postgres!(self, |pg| postgres::sessions::slots(pg, session_id).await);
-        let rows = sqlx::query(
+        sqlx::query_as!(
+            SlotRow,
             "SELECT id, position, area, angle, label, status, capture_id FROM checklist_slots \
              WHERE session_id = ? ORDER BY position",
+            session_id
         )
-        .bind(session_id)
         .fetch_all(&db.read)
         .await
-        .map_err(StoreError::classify)?;
-        rows.iter().map(|r| Ok(SlotRow::from_row(r)?)).collect()
+        .map_err(StoreError::classify)
     }
 
     /// `created` -> `active` on the first join, with its webhook rows; false if the session was
@@ -197,11 +192,7 @@ impl Store {
         )
         .await);
         let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
-        let done = sqlx::query(
-            "UPDATE sessions SET status = 'active', started_at = ? WHERE id = ? AND status = 'created'",
-        )
-        .bind(now)
-        .bind(id)
+        let done = sqlx::query!("UPDATE sessions SET status = 'active', started_at = ? WHERE id = ? AND status = 'created'", now, id)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
@@ -233,14 +224,14 @@ impl Store {
         .await);
         debug_assert!(!status.is_open());
         let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "UPDATE sessions SET status = ?, closed_at = ?, closed_by = ? \
              WHERE id = ? AND status IN ('created', 'active')",
+            status.as_str(),
+            now,
+            by,
+            id
         )
-        .bind(status.as_str())
-        .bind(now)
-        .bind(by)
-        .bind(id)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
@@ -259,16 +250,15 @@ impl Store {
     pub async fn due_expiries(&self, now: i64, limit: u32) -> Result<Vec<String>> {
         let db = on_postgres!(self, |pg| postgres::sessions::due_expiries(pg, now, limit)
             .await);
-        let rows = sqlx::query(
+        sqlx::query_scalar!(
             "SELECT id FROM sessions WHERE status IN ('created', 'active') AND expires_at <= ? \
              ORDER BY expires_at LIMIT ?",
+            now,
+            i64::from(limit)
         )
-        .bind(now)
-        .bind(i64::from(limit))
         .fetch_all(&db.read)
         .await
-        .map_err(StoreError::classify)?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        .map_err(StoreError::classify)
     }
 }
 
@@ -277,18 +267,8 @@ pub(crate) async fn insert_slot(
     session_id: &str,
     slot: &SlotRow,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO checklist_slots (session_id, id, position, area, angle, label, status, capture_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(session_id)
-    .bind(&slot.id)
-    .bind(slot.position)
-    .bind(&slot.area)
-    .bind(&slot.angle)
-    .bind(&slot.label)
-    .bind(&slot.status)
-    .bind(&slot.capture_id)
+    sqlx::query!("INSERT INTO checklist_slots (session_id, id, position, area, angle, label, status, capture_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)", session_id, &slot.id, slot.position, &slot.area, &slot.angle, &slot.label, &slot.status, &slot.capture_id)
     .execute(&mut **tx)
     .await
     .map_err(StoreError::classify)?;

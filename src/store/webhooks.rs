@@ -9,8 +9,6 @@ pub use capturelink_store_types::webhooks::{
     DueWebhook, OutboxRow, OutboxState, WEBHOOK_LEASE_MS, new_message_id,
 };
 
-use sqlx::{FromRow, Row};
-
 use super::{Result, Store, StoreError};
 use super::{on_postgres, postgres};
 
@@ -21,29 +19,25 @@ pub async fn enqueue_webhook(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     row: &OutboxRow,
 ) -> Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO webhook_outbox (id, session_id, url, event_type, payload, created_at, \
          next_attempt_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, \
          CASE WHEN EXISTS (SELECT 1 FROM webhook_disabled WHERE url = ?) \
          THEN 'disabled' ELSE 'pending' END)",
+        &row.id,
+        &row.session_id,
+        &row.url,
+        &row.event_type,
+        &row.payload,
+        row.created_at,
+        row.created_at,
+        &row.url
     )
-    .bind(&row.id)
-    .bind(&row.session_id)
-    .bind(&row.url)
-    .bind(&row.event_type)
-    .bind(&row.payload)
-    .bind(row.created_at)
-    .bind(row.created_at)
-    .bind(&row.url)
     .execute(&mut **tx)
     .await
     .map_err(StoreError::classify)?;
     Ok(())
 }
-
-/// The same statement on both backends (both read `$n` placeholders).
-pub(crate) const PRUNE_WEBHOOKS: &str = "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM \
-     webhook_outbox WHERE status <> 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2)";
 
 impl Store {
     /// Writes deliveries in a transaction of their own, for callers that hold none.
@@ -68,17 +62,17 @@ impl Store {
         } else {
             postgres::webhooks::due_webhooks(pg, now, limit).await
         });
-        let rows = sqlx::query(
+        sqlx::query_as!(
+            DueWebhook,
             "SELECT id, session_id, url, event_type, payload, created_at, attempts \
              FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= ? \
              ORDER BY next_attempt_at, id LIMIT ?",
+            now,
+            i64::from(limit)
         )
-        .bind(now)
-        .bind(i64::from(limit))
         .fetch_all(&db.read)
         .await
-        .map_err(StoreError::classify)?;
-        rows.iter().map(|r| Ok(DueWebhook::from_row(r)?)).collect()
+        .map_err(StoreError::classify)
     }
 
     /// Does [`Store::due_webhooks`] claim the rows it returns (several nodes share the outbox)?
@@ -94,15 +88,14 @@ impl Store {
     pub async fn next_webhook_due(&self, after: i64) -> Result<Option<i64>> {
         let db = on_postgres!(self, |pg| postgres::webhooks::next_webhook_due(pg, after)
             .await);
-        let row = sqlx::query(
+        sqlx::query_scalar!(
             "SELECT MIN(next_attempt_at) FROM webhook_outbox \
              WHERE status = 'pending' AND next_attempt_at > ?",
+            after
         )
-        .bind(after)
         .fetch_one(&db.read)
         .await
-        .map_err(StoreError::classify)?;
-        Ok(row.try_get(0)?)
+        .map_err(StoreError::classify)
     }
 
     /// The endpoint answered 2xx. Recorded even if the row was disabled meanwhile: it did arrive.
@@ -117,14 +110,14 @@ impl Store {
             pg, id, now, attempts, status
         )
         .await);
-        sqlx::query(
+        sqlx::query!(
             "UPDATE webhook_outbox SET status = 'delivered', delivered_at = ?, attempts = ?, \
              last_status = ?, last_error = NULL WHERE id = ?",
+            now,
+            attempts,
+            i64::from(status),
+            id
         )
-        .bind(now)
-        .bind(attempts)
-        .bind(i64::from(status))
-        .bind(id)
         .execute(&db.write)
         .await
         .map_err(StoreError::classify)?;
@@ -149,15 +142,15 @@ impl Store {
             error
         )
         .await);
-        sqlx::query(
+        sqlx::query!(
             "UPDATE webhook_outbox SET next_attempt_at = ?, attempts = ?, last_status = ?, \
              last_error = ? WHERE id = ? AND status = 'pending'",
+            next_attempt_at,
+            attempts,
+            status.map(i64::from),
+            error,
+            id
         )
-        .bind(next_attempt_at)
-        .bind(attempts)
-        .bind(status.map(i64::from))
-        .bind(error)
-        .bind(id)
         .execute(&db.write)
         .await
         .map_err(StoreError::classify)?;
@@ -176,14 +169,14 @@ impl Store {
             pg, id, attempts, status, error
         )
         .await);
-        sqlx::query(
+        sqlx::query!(
             "UPDATE webhook_outbox SET status = 'failed', attempts = ?, last_status = ?, \
              last_error = ? WHERE id = ? AND status = 'pending'",
+            attempts,
+            status.map(i64::from),
+            error,
+            id
         )
-        .bind(attempts)
-        .bind(status.map(i64::from))
-        .bind(error)
-        .bind(id)
         .execute(&db.write)
         .await
         .map_err(StoreError::classify)?;
@@ -198,16 +191,18 @@ impl Store {
         )
         .await);
         let mut tx = db.write.begin().await.map_err(StoreError::classify)?;
-        sqlx::query("INSERT OR IGNORE INTO webhook_disabled (url, disabled_at) VALUES (?, ?)")
-            .bind(url)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::classify)?;
-        let dropped = sqlx::query(
-            "UPDATE webhook_outbox SET status = 'disabled' WHERE url = ? AND status = 'pending'",
+        sqlx::query!(
+            "INSERT OR IGNORE INTO webhook_disabled (url, disabled_at) VALUES (?, ?)",
+            url,
+            now
         )
-        .bind(url)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
+        let dropped = sqlx::query!(
+            "UPDATE webhook_outbox SET status = 'disabled' WHERE url = ? AND status = 'pending'",
+            url
+        )
         .execute(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
@@ -217,12 +212,13 @@ impl Store {
 
     pub async fn is_disabled(&self, url: &str) -> Result<bool> {
         let db = on_postgres!(self, |pg| postgres::webhooks::is_disabled(pg, url).await);
-        let row = sqlx::query("SELECT 1 FROM webhook_disabled WHERE url = ?")
-            .bind(url)
-            .fetch_optional(&db.read)
-            .await
-            .map_err(StoreError::classify)?;
-        Ok(row.is_some())
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM webhook_disabled WHERE url = ?) AS "disabled!: bool""#,
+            url
+        )
+        .fetch_one(&db.read)
+        .await
+        .map_err(StoreError::classify)
     }
 
     /// Deletes up to `limit` outbox rows that are done with (delivered, failed or disabled) and
@@ -232,25 +228,28 @@ impl Store {
             pg, before, limit
         )
         .await);
-        let done = sqlx::query(PRUNE_WEBHOOKS)
-            .bind(before)
-            .bind(i64::from(limit))
-            .execute(&db.write)
-            .await
-            .map_err(StoreError::classify)?;
+        let done = sqlx::query!(
+            "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox \
+             WHERE status <> 'pending' AND created_at < ? ORDER BY created_at LIMIT ?)",
+            before,
+            i64::from(limit)
+        )
+        .execute(&db.write)
+        .await
+        .map_err(StoreError::classify)?;
         Ok(done.rows_affected())
     }
 
     pub async fn webhook_state(&self, id: &str) -> Result<Option<OutboxState>> {
         let db = on_postgres!(self, |pg| postgres::webhooks::webhook_state(pg, id).await);
-        let row = sqlx::query(
+        sqlx::query_as!(
+            OutboxState,
             "SELECT status, attempts, next_attempt_at, last_status, last_error, delivered_at \
              FROM webhook_outbox WHERE id = ?",
+            id
         )
-        .bind(id)
         .fetch_optional(&db.read)
         .await
-        .map_err(StoreError::classify)?;
-        row.map(|r| Ok(OutboxState::from_row(&r)?)).transpose()
+        .map_err(StoreError::classify)
     }
 }

@@ -38,11 +38,13 @@ pub async fn revoke_api_key(pool: &PgPool, id: i64, now: i64) -> Result<Revoked>
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
     // FOR UPDATE: of two revokes racing for the key, the second waits here and then reads the
     // first one's `revoked_at` (Already), instead of both answering Now.
-    let revoked_at =
-        sqlx::query_scalar!("SELECT revoked_at FROM api_keys WHERE id = $1 FOR UPDATE", id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::classify)?;
+    let revoked_at = sqlx::query_scalar!(
+        "SELECT revoked_at FROM api_keys WHERE id = $1 FOR UPDATE",
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(StoreError::classify)?;
     let outcome = match revoked_at {
         None => Revoked::NotFound,
         Some(Some(at)) => Revoked::Already(at),
@@ -64,14 +66,18 @@ pub async fn live_api_key(pool: &PgPool, hash: &[u8]) -> Result<Option<i64>> {
         hash
     )
     .fetch_optional(pool)
-        .await
-        .map_err(StoreError::classify)
+    .await
+    .map_err(StoreError::classify)
 }
 
 pub async fn touch_api_key(pool: &PgPool, id: i64, now: i64) -> Result<()> {
-    sqlx::query!("UPDATE api_keys SET last_used_at = $1 WHERE id = $2", now, id)
-        .execute(pool)
-        .await
-        .map_err(StoreError::classify)?;
+    sqlx::query!(
+        "UPDATE api_keys SET last_used_at = $1 WHERE id = $2",
+        now,
+        id
+    )
+    .execute(pool)
+    .await
+    .map_err(StoreError::classify)?;
     Ok(())
 }

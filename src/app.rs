@@ -388,17 +388,23 @@ async fn sweep_expired(state: AppState) {
 }
 
 /// Several nodes: records every few seconds that this node is alive, and tells the peers of the
-/// participants of nodes that stopped doing so (died, or were cut off) that they left. On
-/// shutdown the node's record goes, so its participants count as gone at once.
+/// participants of nodes that stopped doing so (died, or were cut off) that they left. When the
+/// bus comes back after an outage, the live rooms read what they may have missed. On shutdown
+/// the node's record goes, so its participants count as gone at once.
 async fn keep_node_alive(state: AppState, bus: Arc<crate::bus::Bus>) {
     use crate::session::cluster::{HEARTBEAT, NODE_STALE_MS};
     use crate::signaling::protocol::{Event, LeaveReason};
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reconnected = bus.reconnected();
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
             _ = tick.tick() => {}
+            Ok(()) = reconnected.changed() => {
+                state.registry.resync().await;
+                continue;
+            }
         }
         let now = crate::store::now_ms();
         if let Err(e) = state.store.node_heartbeat(bus.node(), now).await {

@@ -13,8 +13,11 @@
 //! - `capturelink.s.S.gone.ROLE`: the connection of ROLE that had epoch N (the payload) left;
 //! - `capturelink.s.S.end`: the session ended (`closed` or `expired`): close its connections.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::Role;
 use crate::store::SessionStatus;
@@ -47,6 +50,8 @@ pub struct Bus {
     /// What this node publishes goes out through one queue, in the order it was queued: a
     /// recipient's events leave this node in the order they were committed here.
     outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// Counts the connections to NATS made again after it was lost.
+    reconnected: watch::Receiver<u64>,
 }
 
 enum Outgoing {
@@ -60,8 +65,27 @@ impl Bus {
     /// and reconnects on its own afterwards.
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let node = format!("node_{}", uuid::Uuid::now_v7().simple());
+        let (reconnects, reconnected) = watch::channel(0u64);
+        let reconnects = Arc::new(reconnects);
+        let lost = Arc::new(AtomicBool::new(false));
         let client = async_nats::ConnectOptions::new()
             .name(format!("capturelink {node}"))
+            .event_callback(move |event| {
+                let (reconnects, lost) = (reconnects.clone(), lost.clone());
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("lost the connection to NATS");
+                            lost.store(true, Ordering::SeqCst);
+                        }
+                        async_nats::Event::Connected if lost.swap(false, Ordering::SeqCst) => {
+                            tracing::info!("connected to NATS again");
+                            reconnects.send_modify(|n| *n += 1);
+                        }
+                        _ => {}
+                    }
+                }
+            })
             .retry_on_initial_connect()
             .connection_timeout(std::time::Duration::from_secs(5))
             .connect(url)
@@ -95,7 +119,16 @@ impl Bus {
             client,
             node,
             outgoing,
+            reconnected,
         })
+    }
+
+    /// Changes each time the connection to NATS is made again after it was lost. What was
+    /// published meanwhile may not have arrived: the subscriptions are made again by the client,
+    /// and the rooms read what they missed from the database
+    /// ([`crate::session::Registry::resync`]).
+    pub fn reconnected(&self) -> watch::Receiver<u64> {
+        self.reconnected.clone()
     }
 
     /// This node's id (in the participants rows and node heartbeats).

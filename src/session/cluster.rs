@@ -120,6 +120,45 @@ impl Room {
         }
     }
 
+    /// After the bus was down, when what other nodes published meanwhile may be lost: the events
+    /// of each local listener, the end of the session and who is connected are read from the
+    /// database instead. The events come first: an ended session's last events (its
+    /// `session.closed`) are in the log before its connections are closed.
+    pub async fn resync(&self) {
+        let mut st = self.state.lock().await;
+        if st.retired || !st.loaded || st.ended.is_some() {
+            return;
+        }
+        for role in Role::BOTH {
+            if let Err(e) = self.catch_up_to_log(&mut st, role).await {
+                tracing::warn!(session = %self.id, error = %e, "could not read missed events");
+            }
+        }
+        match self.store.get_session(&self.id).await {
+            Ok(Some(row)) if !row.status_at(now_ms()).is_open() => {
+                let status = row.status_at(now_ms());
+                st.ended = Some(status);
+                self.close_all(&mut st, status);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(session = %self.id, error = %e, "could not re-read the session"),
+        }
+        match self
+            .store
+            .connected_roles(&self.id, now_ms() - NODE_STALE_MS)
+            .await
+        {
+            Ok(present) => {
+                for role in Role::BOTH {
+                    self.present[role.index()]
+                        .store(present.iter().any(|r| r == role.as_str()), Ordering::Relaxed);
+                }
+            }
+            Err(e) => tracing::warn!(session = %self.id, error = %e, "could not re-read presence"),
+        }
+    }
+
     /// Hands on the logged events of `role` after what was handed on, up to `upto` (the seqs in
     /// between that the log lacks were live-only signals that did not arrive: they are skipped).
     async fn catch_up(&self, st: &mut RoomState, role: Role, upto: i64) {

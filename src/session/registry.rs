@@ -297,6 +297,15 @@ impl Registry {
     }
 
     /// The bus to the other nodes, when there are several.
+    /// Several nodes, after the bus was down: every live room reads what it may have missed
+    /// (see [`Room::resync`]).
+    pub async fn resync(&self) {
+        let rooms: Vec<Arc<Room>> = self.lock().values().cloned().collect();
+        for room in rooms {
+            room.resync().await;
+        }
+    }
+
     pub fn bus(&self) -> Option<&Arc<Bus>> {
         self.cluster.as_ref()
     }

@@ -454,6 +454,76 @@ async fn a_node_killed_with_9_its_agent_resumes_on_the_other_with_nothing_lost_o
     drop(b);
 }
 
+/// What a node commits while NATS is down may never reach the others over the bus (here its
+/// node dies with the messages in its client's buffer): the other node reads it from the
+/// database once it is connected to NATS again, without waiting for the session's next event.
+#[tokio::test]
+async fn what_was_committed_while_nats_was_down_arrives_once_it_is_back() {
+    let Some(mut shared) = Shared::start().await else {
+        return;
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut a = shared.node_process(dir_a.path()).await;
+    let b = shared.node().await;
+    let s = http_json(
+        reqwest::Method::POST,
+        format!("{}/api/v1/sessions", a.base),
+        Some(json!({"claim_ref": "CLM-NATS"})),
+    )
+    .await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    let (mut agent, w) = join_base(&a.base, s["agent_token"].as_str().unwrap(), None).await;
+    let mut agent_seq = w["last_seq"].as_i64().unwrap();
+    let (mut customer, w) = b.join(s["customer_token"].as_str().unwrap()).await;
+    let mut customer_seq = w["last_seq"].as_i64().unwrap();
+    expect_in_order(&mut agent, &mut agent_seq, "peer.joined").await;
+
+    let port: u16 = shared.nats.url.rsplit(':').next().unwrap().parse().unwrap();
+    shared.nats.stop();
+    // Node B has seen the bus go (its readiness says so), so it knows to look when it is back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.http.get(b.url("/readyz")).send().await.unwrap().status() != 503 {
+        assert!(Instant::now() < deadline, "node B still ready without NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Node A commits a guide and then the session's end, and dies before it can publish either.
+    agent
+        .send(json!({"type": "guide", "hint": "closer", "id": 1}))
+        .await;
+    expect_in_order(&mut agent, &mut agent_seq, "ack").await;
+    http_json(
+        reqwest::Method::POST,
+        format!("{}/api/v1/sessions/{id}/close", a.base),
+        None,
+    )
+    .await;
+    a.kill9();
+    let killed = Instant::now();
+
+    shared.nats = Nats::start_on(&nats_server().unwrap(), port)
+        .await
+        .expect("the port is free again");
+    // Node B reconnects (within the client's 4 s backoff) and reads the log: the guide and the
+    // end arrive long before node A's heartbeat goes stale (10 s), which would otherwise be the
+    // session's next event.
+    let guide = tokio::time::timeout(
+        Duration::from_secs(9),
+        expect_in_order(&mut customer, &mut customer_seq, "guide"),
+    )
+    .await
+    .expect("the guide within 9 s of NATS coming back");
+    assert_eq!(guide["hint"], "closer");
+    let ended = expect_in_order(&mut customer, &mut customer_seq, "session.closed").await;
+    assert_eq!(ended["reason"], "closed");
+    let (code, _) = customer.expect_close().await;
+    assert_eq!(code, 4009);
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "before node A's heartbeat went stale: {:?}",
+        killed.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn webhooks_go_out_once_though_every_node_works_the_outbox() {
     let Some(shared) = Shared::start().await else {

@@ -737,18 +737,10 @@ struct Binary {
     lines: Arc<Mutex<Vec<String>>>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Binary {
     /// Starts `capturelink serve` on a free port and waits until `/healthz` answers.
     async fn start(data_dir: &std::path::Path, api_key: Option<&str>) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("127.0.0.1:{}", crate::durability::free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_capturelink"));
         cmd.args(["serve", "--listen", &addr, "--data-dir"])
             .arg(data_dir)

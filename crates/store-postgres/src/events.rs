@@ -1,6 +1,6 @@
 //! The event log on PostgreSQL.
 
-use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{PgPool, Postgres};
 
 use capturelink_store_types::events::EventRow;
 use capturelink_store_types::events::RowRef;
@@ -13,7 +13,7 @@ use capturelink_store_types::{Result, StoreError};
 pub async fn write_group(pool: &PgPool, rows: &[RowRef<'_>], marks: &[RowRef<'_>]) -> Result<()> {
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
     if rows.is_empty() {
-        sqlx::query("SET LOCAL synchronous_commit = off")
+        sqlx::query!("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await
             .map_err(StoreError::classify)?;
@@ -39,56 +39,73 @@ pub async fn insert_events(
     insert_rows(tx, &rows, false).await
 }
 
-/// Rows per INSERT statement at most (six parameters each, well under PostgreSQL's 65,535).
-const CHUNK: usize = 256;
-
+/// Inserts the rows with one statement whatever their number: each column is one array parameter
+/// (UNNEST), so a group never nears PostgreSQL's 65,535 parameters and needs no chunks.
 pub(super) async fn insert_rows(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     rows: &[RowRef<'_>],
     ignore_duplicates: bool,
 ) -> Result<()> {
-    for chunk in rows.chunks(CHUNK) {
-        let mut insert = QueryBuilder::<Postgres>::new(
-            "INSERT INTO events (session_id, role, seq, kind, body, created_at) ",
-        );
-        insert.push_values(chunk, |mut b, row| {
-            b.push_bind(row.session_id)
-                .push_bind(row.role)
-                .push_bind(row.seq)
-                .push_bind(row.kind)
-                .push_bind(row.body)
-                .push_bind(row.created_at);
-        });
-        if ignore_duplicates {
-            insert.push(" ON CONFLICT DO NOTHING");
-        }
-        insert
-            .build()
-            .execute(&mut **tx)
-            .await
-            .map_err(StoreError::classify)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let session_ids: Vec<String> = rows.iter().map(|r| r.session_id.to_owned()).collect();
+    let roles: Vec<String> = rows.iter().map(|r| r.role.to_owned()).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let kinds: Vec<String> = rows.iter().map(|r| r.kind.to_owned()).collect();
+    let bodies: Vec<String> = rows.iter().map(|r| r.body.to_owned()).collect();
+    let created: Vec<i64> = rows.iter().map(|r| r.created_at).collect();
+    if ignore_duplicates {
+        sqlx::query!(
+            "INSERT INTO events (session_id, role, seq, kind, body, created_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+             $6::bigint[]) ON CONFLICT DO NOTHING",
+            &session_ids,
+            &roles,
+            &seqs,
+            &kinds,
+            &bodies,
+            &created
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::classify)?;
+    } else {
+        sqlx::query!(
+            "INSERT INTO events (session_id, role, seq, kind, body, created_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+             $6::bigint[])",
+            &session_ids,
+            &roles,
+            &seqs,
+            &kinds,
+            &bodies,
+            &created
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::classify)?;
     }
     Ok(())
 }
 
 pub async fn last_seqs(pool: &PgPool, session_id: &str) -> Result<(i64, i64)> {
     // The counters too: with several nodes the last seq may have gone to a signal, not logged.
-    let rows = sqlx::query(
-        "SELECT role, MAX(seq) FROM (SELECT role, seq FROM events WHERE session_id = $1 \
-         UNION ALL SELECT role, last FROM session_counters WHERE session_id = $1) AS s \
-         GROUP BY role",
+    let rows = sqlx::query!(
+        r#"SELECT role AS "role!", MAX(seq) AS "seq!" FROM (SELECT role, seq FROM events
+         WHERE session_id = $1
+         UNION ALL SELECT role, last FROM session_counters WHERE session_id = $1) AS s
+         GROUP BY role"#,
+        session_id
     )
-    .bind(session_id)
     .fetch_all(pool)
     .await
     .map_err(StoreError::classify)?;
     let (mut agent, mut customer) = (0, 0);
     for r in rows {
-        let role: String = r.try_get(0)?;
-        let seq: i64 = r.try_get(1)?;
-        match role.as_str() {
-            "agent" => agent = seq,
-            _ => customer = seq,
+        match r.role.as_str() {
+            "agent" => agent = r.seq,
+            _ => customer = r.seq,
         }
     }
     Ok((agent, customer))
@@ -101,18 +118,16 @@ pub async fn events_between(
     after: i64,
     upto: i64,
 ) -> Result<Vec<(i64, String)>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT seq, body FROM events WHERE session_id = $1 AND role = $2 AND seq > $3 \
          AND seq <= $4 AND kind <> 'signal' ORDER BY seq",
+        session_id,
+        role,
+        after,
+        upto
     )
-    .bind(session_id)
-    .bind(role)
-    .bind(after)
-    .bind(upto)
     .fetch_all(pool)
     .await
     .map_err(StoreError::classify)?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()
+    Ok(rows.into_iter().map(|r| (r.seq, r.body)).collect())
 }

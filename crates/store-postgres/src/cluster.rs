@@ -1,7 +1,7 @@
 //! What several nodes share beyond the tables of one node: the per-recipient seq counters, the
 //! participants with their epochs, and the nodes' heartbeats (`migrations/postgres/0002_cluster.sql`).
 
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgPool, Postgres};
 
 use capturelink_store_types::events::EventRow;
 use capturelink_store_types::events::RowRef;
@@ -17,16 +17,16 @@ async fn take<'c, E>(conn: E, session_id: &str, role: &str, n: i64) -> Result<i6
 where
     E: sqlx::Executor<'c, Database = Postgres>,
 {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "INSERT INTO session_counters (session_id, role, last) \
          VALUES ($1, $2, COALESCE((SELECT MAX(seq) FROM events WHERE session_id = $1 AND role = $2), 0) + $3) \
          ON CONFLICT (session_id, role) DO UPDATE SET last = GREATEST(session_counters.last, \
          COALESCE((SELECT MAX(seq) FROM events WHERE session_id = $1 AND role = $2), 0)) + $3 \
          RETURNING last",
+        session_id,
+        role,
+        n
     )
-    .bind(session_id)
-    .bind(role)
-    .bind(n)
     .fetch_one(conn)
     .await
     .map_err(StoreError::classify)
@@ -57,7 +57,10 @@ async fn number_refs(
     }
     recipients.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     // The counters that exist, all in one statement (a group holds many rooms' events).
-    let taken: Vec<(String, String, i64)> = sqlx::query_as(
+    let session_ids: Vec<String> = recipients.iter().map(|r| r.0.clone()).collect();
+    let roles: Vec<String> = recipients.iter().map(|r| r.1.to_owned()).collect();
+    let counts: Vec<i64> = recipients.iter().map(|r| r.2).collect();
+    let taken: Vec<(String, String, i64)> = sqlx::query!(
         "WITH wanted AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
            AS w(session_id, role, n)), \
          locked AS (SELECT c.session_id, c.role FROM session_counters c \
@@ -68,13 +71,16 @@ async fn number_refs(
          WHERE c.session_id = w.session_id AND c.role = w.role \
            AND l.session_id = c.session_id AND l.role = c.role \
          RETURNING c.session_id, c.role, c.last",
+        &session_ids,
+        &roles,
+        &counts
     )
-    .bind(recipients.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-    .bind(recipients.iter().map(|r| r.1).collect::<Vec<_>>())
-    .bind(recipients.iter().map(|r| r.2).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await
-    .map_err(StoreError::classify)?;
+    .map_err(StoreError::classify)?
+    .into_iter()
+    .map(|r| (r.session_id, r.role, r.last))
+    .collect();
     for (session_id, role, n, next) in &mut recipients {
         let last = match taken.iter().find(|(s, r, _)| s == session_id && r == role) {
             Some((_, _, last)) => *last,
@@ -102,7 +108,7 @@ async fn number_refs(
 pub async fn write_numbered(pool: &PgPool, rows: &mut [&mut EventRow]) -> Result<()> {
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
     if rows.iter().all(|r| r.kind == "signal") {
-        sqlx::query("SET LOCAL synchronous_commit = off")
+        sqlx::query!("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await
             .map_err(StoreError::classify)?;
@@ -127,24 +133,24 @@ pub async fn claim_participant(
     now: i64,
 ) -> Result<(i64, bool)> {
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
-    let before: Option<bool> = sqlx::query_scalar(
+    let before: Option<bool> = sqlx::query_scalar!(
         "SELECT connected FROM participants WHERE session_id = $1 AND role = $2 FOR UPDATE",
+        session_id,
+        role
     )
-    .bind(session_id)
-    .bind(role)
     .fetch_optional(&mut *tx)
     .await
     .map_err(StoreError::classify)?;
-    let epoch: i64 = sqlx::query_scalar(
+    let epoch: i64 = sqlx::query_scalar!(
         "INSERT INTO participants (session_id, role, epoch, node_id, connected, since) \
          VALUES ($1, $2, 1, $3, TRUE, $4) \
          ON CONFLICT (session_id, role) DO UPDATE SET epoch = participants.epoch + 1, \
          node_id = $3, connected = TRUE, since = $4 RETURNING epoch",
+        session_id,
+        role,
+        node,
+        now
     )
-    .bind(session_id)
-    .bind(role)
-    .bind(node)
-    .bind(now)
     .fetch_one(&mut *tx)
     .await
     .map_err(StoreError::classify)?;
@@ -159,13 +165,13 @@ pub async fn release_participant(
     role: &str,
     epoch: i64,
 ) -> Result<bool> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE participants SET connected = FALSE \
          WHERE session_id = $1 AND role = $2 AND epoch = $3 AND connected",
+        session_id,
+        role,
+        epoch
     )
-    .bind(session_id)
-    .bind(role)
-    .bind(epoch)
     .execute(pool)
     .await
     .map_err(StoreError::classify)?;
@@ -178,12 +184,12 @@ pub async fn connected_roles(
     session_id: &str,
     alive_since: i64,
 ) -> Result<Vec<String>> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT p.role FROM participants p JOIN nodes n ON n.id = p.node_id \
          WHERE p.session_id = $1 AND p.connected AND n.seen_at >= $2",
+        session_id,
+        alive_since
     )
-    .bind(session_id)
-    .bind(alive_since)
     .fetch_all(pool)
     .await
     .map_err(StoreError::classify)
@@ -191,12 +197,12 @@ pub async fn connected_roles(
 
 /// Records that `node` is alive at `now`.
 pub async fn heartbeat(pool: &PgPool, node: &str, now: i64) -> Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO nodes (id, seen_at) VALUES ($1, $2) \
          ON CONFLICT (id) DO UPDATE SET seen_at = EXCLUDED.seen_at",
+        node,
+        now
     )
-    .bind(node)
-    .bind(now)
     .execute(pool)
     .await
     .map_err(StoreError::classify)?;
@@ -205,8 +211,7 @@ pub async fn heartbeat(pool: &PgPool, node: &str, now: i64) -> Result<()> {
 
 /// A node stopping: its participants are gone at once (their connections were closed).
 pub async fn forget_node(pool: &PgPool, node: &str) -> Result<()> {
-    sqlx::query("DELETE FROM nodes WHERE id = $1")
-        .bind(node)
+    sqlx::query!("DELETE FROM nodes WHERE id = $1", node)
         .execute(pool)
         .await
         .map_err(StoreError::classify)?;
@@ -217,22 +222,25 @@ pub async fn forget_node(pool: &PgPool, node: &str) -> Result<()> {
 /// returns them as (session, role, epoch): each is returned to one caller only, which tells the
 /// peer.
 pub async fn sweep_orphans(pool: &PgPool, alive_since: i64) -> Result<Vec<(String, String, i64)>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "UPDATE participants p SET connected = FALSE \
          WHERE p.connected AND NOT EXISTS \
          (SELECT 1 FROM nodes n WHERE n.id = p.node_id AND n.seen_at >= $1) \
          RETURNING p.session_id, p.role, p.epoch",
+        alive_since
     )
-    .bind(alive_since)
     .fetch_all(pool)
     .await
     .map_err(StoreError::classify)?;
-    sqlx::query("DELETE FROM nodes WHERE seen_at < $1")
-        .bind(alive_since - 86_400_000)
-        .execute(pool)
-        .await
-        .map_err(StoreError::classify)?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect()
+    sqlx::query!(
+        "DELETE FROM nodes WHERE seen_at < $1",
+        alive_since - 86_400_000
+    )
+    .execute(pool)
+    .await
+    .map_err(StoreError::classify)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.session_id, r.role, r.epoch))
+        .collect())
 }

@@ -1,31 +1,28 @@
 //! The webhook outbox on PostgreSQL.
 
-use sqlx::{FromRow, PgPool, Postgres, Row};
+use sqlx::{PgPool, Postgres};
 
 use capturelink_store_types::webhooks::{DueWebhook, OutboxRow, OutboxState};
 use capturelink_store_types::{Result, StoreError};
 
 /// Writes one delivery inside the caller's transaction (see the SQLite store's
 /// `enqueue_webhook`): `disabled` for an endpoint that answered 410 before, else `pending`.
-pub(crate) const PRUNE_WEBHOOKS: &str = "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM \
-     webhook_outbox WHERE status <> 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2)";
-
 pub async fn enqueue_webhook(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     row: &OutboxRow,
 ) -> Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO webhook_outbox (id, session_id, url, event_type, payload, created_at, \
          next_attempt_at, status) VALUES ($1, $2, $3, $4, $5, $6, $6, \
          CASE WHEN EXISTS (SELECT 1 FROM webhook_disabled WHERE url = $3) \
          THEN 'disabled' ELSE 'pending' END)",
+        row.id,
+        row.session_id,
+        row.url,
+        row.event_type,
+        row.payload,
+        row.created_at
     )
-    .bind(&row.id)
-    .bind(&row.session_id)
-    .bind(&row.url)
-    .bind(&row.event_type)
-    .bind(&row.payload)
-    .bind(row.created_at)
     .execute(&mut **tx)
     .await
     .map_err(StoreError::classify)?;
@@ -46,17 +43,17 @@ pub async fn enqueue_webhooks(pool: &PgPool, rows: &[OutboxRow]) -> Result<()> {
 /// A plain read, as on SQLite: dispatchers on several nodes may pick the same row and send it
 /// twice (delivery is at-least-once, with a stable `webhook-id`).
 pub async fn due_webhooks(pool: &PgPool, now: i64, limit: u32) -> Result<Vec<DueWebhook>> {
-    let rows = sqlx::query(
+    sqlx::query_as!(
+        DueWebhook,
         "SELECT id, session_id, url, event_type, payload, created_at, attempts \
          FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= $1 \
          ORDER BY next_attempt_at, id LIMIT $2",
+        now,
+        i64::from(limit)
     )
-    .bind(now)
-    .bind(i64::from(limit))
     .fetch_all(pool)
     .await
-    .map_err(StoreError::classify)?;
-    rows.iter().map(|r| Ok(DueWebhook::from_row(r)?)).collect()
+    .map_err(StoreError::classify)
 }
 
 /// Several nodes: takes up to `limit` due rows for this node, moving each one's next attempt to
@@ -69,36 +66,32 @@ pub async fn claim_webhooks(
     limit: u32,
     lease_ms: i64,
 ) -> Result<Vec<DueWebhook>> {
-    let rows = sqlx::query(
+    let mut due = sqlx::query_as!(
+        DueWebhook,
         "UPDATE webhook_outbox SET next_attempt_at = $1 + $3 WHERE id IN \
          (SELECT id FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= $1 \
          ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
          RETURNING id, session_id, url, event_type, payload, created_at, attempts",
+        now,
+        i64::from(limit),
+        lease_ms
     )
-    .bind(now)
-    .bind(i64::from(limit))
-    .bind(lease_ms)
     .fetch_all(pool)
     .await
     .map_err(StoreError::classify)?;
-    let mut due = rows
-        .iter()
-        .map(|r| Ok(DueWebhook::from_row(r)?))
-        .collect::<Result<Vec<_>>>()?;
     due.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     Ok(due)
 }
 
 pub async fn next_webhook_due(pool: &PgPool, after: i64) -> Result<Option<i64>> {
-    let row = sqlx::query(
+    sqlx::query_scalar!(
         "SELECT MIN(next_attempt_at) FROM webhook_outbox \
          WHERE status = 'pending' AND next_attempt_at > $1",
+        after
     )
-    .bind(after)
     .fetch_one(pool)
     .await
-    .map_err(StoreError::classify)?;
-    Ok(row.try_get(0)?)
+    .map_err(StoreError::classify)
 }
 
 pub async fn mark_delivered(
@@ -108,14 +101,14 @@ pub async fn mark_delivered(
     attempts: i64,
     status: u16,
 ) -> Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE webhook_outbox SET status = 'delivered', delivered_at = $1, attempts = $2, \
          last_status = $3, last_error = NULL WHERE id = $4",
+        now,
+        attempts,
+        i64::from(status),
+        id
     )
-    .bind(now)
-    .bind(attempts)
-    .bind(i64::from(status))
-    .bind(id)
     .execute(pool)
     .await
     .map_err(StoreError::classify)?;
@@ -130,15 +123,15 @@ pub async fn mark_retry(
     status: Option<u16>,
     error: Option<&str>,
 ) -> Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE webhook_outbox SET next_attempt_at = $1, attempts = $2, last_status = $3, \
          last_error = $4 WHERE id = $5 AND status = 'pending'",
+        next_attempt_at,
+        attempts,
+        status.map(i64::from),
+        error,
+        id
     )
-    .bind(next_attempt_at)
-    .bind(attempts)
-    .bind(status.map(i64::from))
-    .bind(error)
-    .bind(id)
     .execute(pool)
     .await
     .map_err(StoreError::classify)?;
@@ -152,14 +145,14 @@ pub async fn mark_failed(
     status: Option<u16>,
     error: Option<&str>,
 ) -> Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE webhook_outbox SET status = 'failed', attempts = $1, last_status = $2, \
          last_error = $3 WHERE id = $4 AND status = 'pending'",
+        attempts,
+        status.map(i64::from),
+        error,
+        id
     )
-    .bind(attempts)
-    .bind(status.map(i64::from))
-    .bind(error)
-    .bind(id)
     .execute(pool)
     .await
     .map_err(StoreError::classify)?;
@@ -168,18 +161,18 @@ pub async fn mark_failed(
 
 pub async fn disable_endpoint(pool: &PgPool, url: &str, now: i64) -> Result<u64> {
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO webhook_disabled (url, disabled_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        url,
+        now
     )
-    .bind(url)
-    .bind(now)
     .execute(&mut *tx)
     .await
     .map_err(StoreError::classify)?;
-    let dropped = sqlx::query(
+    let dropped = sqlx::query!(
         "UPDATE webhook_outbox SET status = 'disabled' WHERE url = $1 AND status = 'pending'",
+        url
     )
-    .bind(url)
     .execute(&mut *tx)
     .await
     .map_err(StoreError::classify)?;
@@ -188,8 +181,7 @@ pub async fn disable_endpoint(pool: &PgPool, url: &str, now: i64) -> Result<u64>
 }
 
 pub async fn is_disabled(pool: &PgPool, url: &str) -> Result<bool> {
-    let row = sqlx::query("SELECT 1 FROM webhook_disabled WHERE url = $1")
-        .bind(url)
+    let row = sqlx::query_scalar!("SELECT 1 FROM webhook_disabled WHERE url = $1", url)
         .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)?;
@@ -197,23 +189,26 @@ pub async fn is_disabled(pool: &PgPool, url: &str) -> Result<bool> {
 }
 
 pub async fn webhook_state(pool: &PgPool, id: &str) -> Result<Option<OutboxState>> {
-    let row = sqlx::query(
+    sqlx::query_as!(
+        OutboxState,
         "SELECT status, attempts, next_attempt_at, last_status, last_error, delivered_at \
          FROM webhook_outbox WHERE id = $1",
+        id
     )
-    .bind(id)
     .fetch_optional(pool)
     .await
-    .map_err(StoreError::classify)?;
-    row.map(|r| Ok(OutboxState::from_row(&r)?)).transpose()
+    .map_err(StoreError::classify)
 }
 
 pub async fn prune_webhooks(pool: &PgPool, before: i64, limit: u32) -> Result<u64> {
-    let done = sqlx::query(PRUNE_WEBHOOKS)
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(pool)
-        .await
-        .map_err(StoreError::classify)?;
+    let done = sqlx::query!(
+        "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox \
+         WHERE status <> 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2)",
+        before,
+        i64::from(limit)
+    )
+    .execute(pool)
+    .await
+    .map_err(StoreError::classify)?;
     Ok(done.rows_affected())
 }

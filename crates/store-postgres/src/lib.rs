@@ -86,13 +86,15 @@ pub async fn migrate(url: &str) -> Result<Vec<capturelink_store_types::AppliedMi
 }
 
 async fn recorded_migrations(pool: &PgPool) -> Result<Vec<(i64, String)>> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await
-        .map_err(StoreError::classify)?;
+    let exists =
+        sqlx::query_scalar!(r#"SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS "exists!""#)
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::classify)?;
     if !exists {
         return Ok(Vec::new());
     }
+    // Runtime, not a macro: sqlx's own table, which the database the macros check against lacks.
     sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
         .fetch_all(pool)
         .await
@@ -110,8 +112,7 @@ pub async fn lock_for_node(pool: &PgPool) -> Result<sqlx::PgConnection> {
         .connect()
         .await
         .map_err(StoreError::classify)?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(NODE_LOCK)
+    let got = sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "locked!""#, NODE_LOCK)
         .fetch_one(&mut conn)
         .await
         .map_err(StoreError::classify)?;
@@ -127,13 +128,13 @@ pub async fn lock_for_node(pool: &PgPool) -> Result<sqlx::PgConnection> {
 /// of the pool, with a short statement timeout so that a stalled server answers "no" quickly.
 pub async fn check_writable(pool: &PgPool) -> Result<()> {
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
-    sqlx::query("SET LOCAL statement_timeout = 500")
+    sqlx::query!("SET LOCAL statement_timeout = 500")
         .execute(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
     // Fails on a read-only server (a standby, or one out of disk that was set read-only).
-    sqlx::query("SELECT txid_current()")
-        .execute(&mut *tx)
+    sqlx::query_scalar!("SELECT txid_current()")
+        .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
     tx.rollback().await.map_err(StoreError::classify)

@@ -142,7 +142,9 @@ impl Room {
                 return;
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(session = %self.id, error = %e, "could not re-read the session"),
+            Err(e) => {
+                tracing::warn!(session = %self.id, error = %e, "could not re-read the session")
+            }
         }
         match self
             .store
@@ -151,8 +153,10 @@ impl Room {
         {
             Ok(present) => {
                 for role in Role::BOTH {
-                    self.present[role.index()]
-                        .store(present.iter().any(|r| r == role.as_str()), Ordering::Relaxed);
+                    self.present[role.index()].store(
+                        present.iter().any(|r| r == role.as_str()),
+                        Ordering::Relaxed,
+                    );
                 }
             }
             Err(e) => tracing::warn!(session = %self.id, error = %e, "could not re-read presence"),

@@ -111,24 +111,49 @@ impl Store {
 
     pub async fn list_sessions(&self, f: &ListFilter) -> Result<Vec<SessionRow>> {
         let db = on_postgres!(self, |pg| postgres::sessions::list_sessions(pg, f).await);
-        // An absent filter is a NULL parameter that matches every row.
+        // Static statements, written so that SQLite keeps its index paths: a claim reference
+        // is looked up in `sessions_claim_ref`; the page's cursor seeks in the primary key
+        // (`id < '~'` without one: session ids are `ses_` and hex, all below '~' byte-wise). A
+        // condition `(?n IS NULL OR …)` on either would scan the whole table.
         let status = f.status.map(SessionStatus::as_str);
-        sqlx::query_as!(
-            SessionRow,
-            r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer, webhook_url,
-                token_salt, created_at, expires_at, started_at, closed_at, closed_by
-               FROM sessions
-               WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR claim_ref = ?2)
-                 AND (?3 IS NULL OR id < ?3)
-               ORDER BY id DESC LIMIT ?4"#,
-            status,
-            f.claim_ref,
-            f.before_id,
-            i64::from(f.limit)
-        )
-        .fetch_all(&db.read)
-        .await
-        .map_err(StoreError::classify)
+        let limit = i64::from(f.limit);
+        let rows = match &f.claim_ref {
+            Some(claim_ref) => {
+                sqlx::query_as!(
+                    SessionRow,
+                    r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer,
+                    webhook_url, token_salt, created_at, expires_at, started_at, closed_at,
+                    closed_by
+                   FROM sessions
+                   WHERE claim_ref = ?1 AND (?2 IS NULL OR status = ?2)
+                     AND id < COALESCE(?3, '~')
+                   ORDER BY id DESC LIMIT ?4"#,
+                    claim_ref,
+                    status,
+                    f.before_id,
+                    limit
+                )
+                .fetch_all(&db.read)
+                .await
+            }
+            None => {
+                sqlx::query_as!(
+                    SessionRow,
+                    r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer,
+                    webhook_url, token_salt, created_at, expires_at, started_at, closed_at,
+                    closed_by
+                   FROM sessions
+                   WHERE (?1 IS NULL OR status = ?1) AND id < COALESCE(?2, '~')
+                   ORDER BY id DESC LIMIT ?3"#,
+                    status,
+                    f.before_id,
+                    limit
+                )
+                .fetch_all(&db.read)
+                .await
+            }
+        };
+        rows.map_err(StoreError::classify)
     }
 
     /// The session and role a join token belongs to.

@@ -659,6 +659,14 @@ async fn list_filters_by_status_and_claim_ref() {
         item_ids(&list(&srv, "claim_ref=CLM-A&status=closed").await),
         vec![id(&closed)]
     );
+    // A claim's sessions a page at a time, newest first: the cursor applies within the claim.
+    let first = list(&srv, "claim_ref=CLM-A&limit=1").await;
+    assert_eq!(item_ids(&first), vec![id(&closed)]);
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let second = list(&srv, &format!("claim_ref=CLM-A&limit=1&cursor={cursor}")).await;
+    assert_eq!(item_ids(&second), vec![id(&created)]);
+    let status_page = list(&srv, &format!("status=created&limit=1&cursor={cursor}")).await;
+    assert_eq!(item_ids(&status_page), vec![id(&created)]);
     // The list never hands out join tokens.
     let text = all.to_string();
     assert!(!text.contains(&active.agent_token));

@@ -216,7 +216,7 @@ pub fn parse(subject: &str, payload: &[u8]) -> Option<BusMsg> {
             epoch: text.parse().ok()?,
         },
         "end" => BusMsg::End {
-            status: SessionStatus::try_from(text.to_owned()).ok()?,
+            status: SessionStatus::parse(text)?,
         },
         _ => return None,
     })

@@ -1,7 +1,7 @@
 //! API keys: only their SHA-256 is stored.
 
 /// One stored key, as `api-key list` shows it (there is no way to get the key back).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRow {
     pub id: i64,
     pub name: Option<String>,

@@ -3,7 +3,7 @@
 use crate::events::EventRow;
 use crate::webhooks::OutboxRow;
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CaptureRow {
     pub id: String,
     pub session_id: String,
@@ -28,7 +28,7 @@ pub struct CaptureRow {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RequestRow {
     pub request_id: String,
     pub area: String,

@@ -36,15 +36,6 @@ impl SessionStatus {
     }
 }
 
-/// The column as stored, for decoding rows.
-impl TryFrom<String> for SessionStatus {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        Self::parse(&s).ok_or_else(|| format!("unknown session status {s:?}"))
-    }
-}
-
 /// Read from its column as text on either backend (`status AS "status: _"` in a query macro).
 impl<DB: sqlx::Database> sqlx::Type<DB> for SessionStatus
 where
@@ -69,11 +60,10 @@ where
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct SessionRow {
     pub id: String,
     pub claim_ref: String,
-    #[sqlx(try_from = "String")]
     pub status: SessionStatus,
     pub locale: Option<String>,
     pub vehicle: Option<String>,
@@ -100,7 +90,7 @@ impl SessionRow {
 }
 
 /// One picture the checklist asks for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SlotRow {
     /// `slot_1`, `slot_2`, … in checklist order.
     pub id: String,

@@ -39,7 +39,7 @@ pub fn new_message_id() -> String {
 }
 
 /// A pending delivery whose next attempt is due.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct DueWebhook {
     pub id: String,
     pub session_id: String,
@@ -52,7 +52,7 @@ pub struct DueWebhook {
 }
 
 /// The recorded state of one outbox row (for tests and operators).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxState {
     pub status: String,
     pub attempts: i64,

@@ -488,7 +488,8 @@ mod tests {
         store
     }
 
-    /// Rows go in as multi-row INSERTs of a few sizes; every row of an odd-sized batch is written.
+    /// A group's rows go in as one JSON array: every row of a batch of any size is written, its
+    /// body exactly as given (quotes, backslashes, escapes, non-ASCII text).
     #[tokio::test]
     async fn a_batch_of_any_size_is_written_whole_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -505,7 +506,6 @@ mod tests {
                 })
                 .collect()
         };
-        // 77 = 2 x 32 + 8 + 5 x 1; then one of each single size.
         store.appender().append(rows(1, 77)).await.unwrap();
         store.appender().append(rows(78, 1)).await.unwrap();
         store.appender().append(rows(79, 8)).await.unwrap();
@@ -515,11 +515,32 @@ mod tests {
             .unwrap();
         let want: Vec<(i64, String)> = (1..=86).map(|n| (n, format!("{{\"n\":{n}}}"))).collect();
         assert_eq!(got, want);
+        let bodies = [
+            r#"{"seq":1,"type":"chat","text":"a \"quoted\" word, a \\ and a\nnew line"}"#,
+            r#"{"seq":1,"type":"chat","text":"左前门有凹痕 ✓ \u0007"}"#,
+            "[1, 2.5e3, null, true, {}]",
+            "not JSON at all: ' \" \\",
+        ];
+        let odd: Vec<EventRow> = bodies
+            .iter()
+            .zip(200..)
+            .map(|(body, seq)| EventRow {
+                body: (*body).to_owned(),
+                ..rows(seq, 1).remove(0)
+            })
+            .collect();
+        store.appender().append(odd).await.unwrap();
+        let got = store
+            .events_between("ses_rows", "agent", 199, 1000)
+            .await
+            .unwrap();
+        let got: Vec<&str> = got.iter().map(|(_, b)| b.as_str()).collect();
+        assert_eq!(got, bodies);
         // A duplicate seq fails the whole batch: none of its rows is written.
-        let mut dup = rows(87, 40);
+        let mut dup = rows(204, 40);
         dup[39].seq = 5;
         assert!(store.appender().append(dup).await.is_err());
-        assert_eq!(store.last_seqs("ses_rows").await.unwrap(), (86, 0));
+        assert_eq!(store.last_seqs("ses_rows").await.unwrap(), (203, 0));
     }
 
     /// Marks alone are committed without an fsync of their own, and the writer goes back to

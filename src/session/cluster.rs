@@ -94,17 +94,8 @@ impl Room {
                 self.hand_on(role, seq, body, st.conns[i].as_ref());
             }
             BusMsg::Claim { role, epoch } => {
-                let i = role.index();
-                st.newest_epoch[i] = st.newest_epoch[i].max(epoch);
-                self.present[i].store(true, Ordering::Relaxed);
-                if st.epoch[i] < epoch
-                    && let Some(old) = st.conns[i].take()
-                {
-                    old.close(CloseSpec {
-                        code: close_code::REPLACED,
-                        reason: "replaced by a newer connection",
-                    });
-                }
+                self.present[role.index()].store(true, Ordering::Relaxed);
+                self.replace_older(&mut st, role, epoch);
             }
             BusMsg::Gone { role, epoch } => {
                 // A newer connection may have claimed the role already (its claim can come
@@ -146,6 +137,17 @@ impl Room {
                 tracing::warn!(session = %self.id, error = %e, "could not re-read the session")
             }
         }
+        // A newer connection claimed a role on another node: the one here was replaced.
+        match self.store.participant_epochs(&self.id).await {
+            Ok(epochs) => {
+                for (role, epoch) in epochs {
+                    if let Some(role) = Role::parse(&role) {
+                        self.replace_older(&mut st, role, epoch);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(session = %self.id, error = %e, "could not re-read epochs"),
+        }
         match self
             .store
             .connected_roles(&self.id, now_ms() - NODE_STALE_MS)
@@ -160,6 +162,20 @@ impl Room {
                 }
             }
             Err(e) => tracing::warn!(session = %self.id, error = %e, "could not re-read presence"),
+        }
+    }
+
+    /// `epoch` of `role` was claimed: a local connection of an older epoch is closed (4008).
+    fn replace_older(&self, st: &mut RoomState, role: Role, epoch: i64) {
+        let i = role.index();
+        st.newest_epoch[i] = st.newest_epoch[i].max(epoch);
+        if st.epoch[i] < epoch
+            && let Some(old) = st.conns[i].take()
+        {
+            old.close(CloseSpec {
+                code: close_code::REPLACED,
+                reason: "replaced by a newer connection",
+            });
         }
     }
 

@@ -62,6 +62,12 @@ impl Store {
         postgres::cluster::connected_roles(self.cluster_pool()?, session_id, alive_since).await
     }
 
+    /// The newest epoch each role of a session has claimed (a connection of an older one was
+    /// replaced).
+    pub async fn participant_epochs(&self, session_id: &str) -> Result<Vec<(String, i64)>> {
+        postgres::cluster::epochs(self.cluster_pool()?, session_id).await
+    }
+
     /// Records that `node` is alive now.
     pub async fn node_heartbeat(&self, node: &str, now: i64) -> Result<()> {
         postgres::cluster::heartbeat(self.cluster_pool()?, node, now).await

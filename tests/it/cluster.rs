@@ -524,6 +524,42 @@ async fn what_was_committed_while_nats_was_down_arrives_once_it_is_back() {
     );
 }
 
+/// A connection that replaced the agent's on another node while NATS was down (its node then
+/// died with the claim unsent): the older connection is closed with 4008 once NATS is back.
+#[tokio::test]
+async fn a_replacement_made_while_nats_was_down_closes_the_older_connection_once_it_is_back() {
+    let Some(mut shared) = Shared::start().await else {
+        return;
+    };
+    let a = shared.node().await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut b = shared.node_process(dir_b.path()).await;
+    let s = a.session().await;
+    let (mut agent, _) = a.join(&s.agent_token).await;
+    // The customer on node B, so that the session's room there is subscribed before NATS goes.
+    let (_customer, _) = join_base(&b.base, &s.customer_token, None).await;
+    agent.expect("peer.joined").await;
+
+    let port: u16 = shared.nats.url.rsplit(':').next().unwrap().parse().unwrap();
+    shared.nats.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.http.get(a.url("/readyz")).send().await.unwrap().status() != 503 {
+        assert!(Instant::now() < deadline, "node A still ready without NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_newer, welcome) = join_base(&b.base, &s.agent_token, None).await;
+    assert_eq!(welcome["type"], "welcome");
+    b.kill9();
+
+    shared.nats = Nats::start_on(&nats_server().unwrap(), port)
+        .await
+        .expect("the port is free again");
+    // Within the client's reconnect backoff (4 s at most) and well before node B's heartbeat
+    // goes stale (10 s), which would only mark the agent gone.
+    let (code, _) = agent.expect_close_within(Duration::from_secs(9)).await;
+    assert_eq!(code, 4008);
+}
+
 #[tokio::test]
 async fn webhooks_go_out_once_though_every_node_works_the_outbox() {
     let Some(shared) = Shared::start().await else {

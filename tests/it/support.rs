@@ -326,7 +326,12 @@ impl Client {
 
     /// Reads (discarding messages) until the server closes; returns the close code and reason.
     pub async fn expect_close(&mut self) -> (u16, String) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.expect_close_within(WAIT).await
+    }
+
+    /// The close frame's code and reason, skipping messages before it, within `wait`.
+    pub async fn expect_close_within(&mut self, wait: Duration) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => panic!("no close within the wait"),

@@ -195,6 +195,18 @@ pub async fn connected_roles(
     .map_err(StoreError::classify)
 }
 
+/// The newest epoch each role of a session has claimed, connected or not.
+pub async fn epochs(pool: &PgPool, session_id: &str) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query!(
+        "SELECT role, epoch FROM participants WHERE session_id = $1",
+        session_id
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::classify)?;
+    Ok(rows.into_iter().map(|r| (r.role, r.epoch)).collect())
+}
+
 /// Records that `node` is alive at `now`.
 pub async fn heartbeat(pool: &PgPool, node: &str, now: i64) -> Result<()> {
     sqlx::query!(

@@ -1,6 +1,8 @@
 //! What several nodes share beyond the tables of one node: the per-recipient seq counters, the
 //! participants with their epochs, and the nodes' heartbeats (`migrations/postgres/0002_cluster.sql`).
 
+use std::collections::{BTreeMap, HashMap};
+
 use sqlx::{PgPool, Postgres};
 
 use capturelink_store_types::events::EventRow;
@@ -43,24 +45,20 @@ async fn number_refs(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     rows: &mut [&mut EventRow],
 ) -> Result<()> {
-    // (session, role, how many, next number), in (session, role) order: every transaction locks
-    // the counters it takes in the same order, so two nodes' groups never deadlock on them.
-    let mut recipients: Vec<(String, &'static str, i64, i64)> = Vec::new();
+    // (session, role) -> (how many, next number), in (session, role) order: every transaction
+    // locks the counters it takes in the same order, so two nodes' groups never deadlock on them.
+    let mut recipients: BTreeMap<(String, &'static str), (i64, i64)> = BTreeMap::new();
     for row in rows.iter() {
-        match recipients
-            .iter_mut()
-            .find(|(s, r, _, _)| *s == row.session_id && *r == row.role)
-        {
-            Some(recipient) => recipient.2 += 1,
-            None => recipients.push((row.session_id.clone(), row.role, 1, 0)),
-        }
+        recipients
+            .entry((row.session_id.clone(), row.role))
+            .or_default()
+            .0 += 1;
     }
-    recipients.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     // The counters that exist, all in one statement (a group holds many rooms' events).
-    let session_ids: Vec<String> = recipients.iter().map(|r| r.0.clone()).collect();
-    let roles: Vec<String> = recipients.iter().map(|r| r.1.to_owned()).collect();
-    let counts: Vec<i64> = recipients.iter().map(|r| r.2).collect();
-    let taken: Vec<(String, String, i64)> = sqlx::query!(
+    let session_ids: Vec<String> = recipients.keys().map(|(s, _)| s.clone()).collect();
+    let roles: Vec<String> = recipients.keys().map(|(_, r)| (*r).to_owned()).collect();
+    let counts: Vec<i64> = recipients.values().map(|(n, _)| *n).collect();
+    let taken: HashMap<(String, String), i64> = sqlx::query!(
         "WITH wanted AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
            AS w(session_id, role, n)), \
          locked AS (SELECT c.session_id, c.role FROM session_counters c \
@@ -79,20 +77,19 @@ async fn number_refs(
     .await
     .map_err(StoreError::classify)?
     .into_iter()
-    .map(|r| (r.session_id, r.role, r.last))
+    .map(|r| ((r.session_id, r.role), r.last))
     .collect();
-    for (session_id, role, n, next) in &mut recipients {
-        let last = match taken.iter().find(|(s, r, _)| s == session_id && r == role) {
-            Some((_, _, last)) => *last,
+    for ((session_id, role), (n, next)) in &mut recipients {
+        let last = match taken.get(&(session_id.clone(), (*role).to_owned())) {
+            Some(last) => *last,
             // A recipient's first event: its counter row is created.
             None => take(&mut **tx, session_id, role, *n).await?,
         };
         *next = last - *n + 1;
     }
     for row in rows.iter_mut() {
-        let (_, _, _, next) = recipients
-            .iter_mut()
-            .find(|(s, r, _, _)| *s == row.session_id && *r == row.role)
+        let (_, next) = recipients
+            .get_mut(&(row.session_id.clone(), row.role))
             .expect("every recipient was counted");
         row.seq = *next;
         row.body = with_seq(&row.body, *next);

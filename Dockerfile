@@ -2,7 +2,9 @@
 # which CI runs too.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock sqlx.toml ./
+# What the store's statements were checked against (sqlx's query macros): no database at build.
+COPY .sqlx ./.sqlx
 COPY crates ./crates
 COPY src ./src
 COPY migrations ./migrations

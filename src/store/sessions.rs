@@ -111,42 +111,58 @@ impl Store {
 
     pub async fn list_sessions(&self, f: &ListFilter) -> Result<Vec<SessionRow>> {
         let db = on_postgres!(self, |pg| postgres::sessions::list_sessions(pg, f).await);
-        // Static statements, written so that SQLite keeps its index paths: a claim reference
-        // is looked up in `sessions_claim_ref`; the page's cursor seeks in the primary key
-        // (`id < '~'` without one: session ids are `ses_` and hex, all below '~' byte-wise). A
-        // condition `(?n IS NULL OR …)` on either would scan the whole table.
+        // Three static statements, written so that SQLite keeps its index paths (it plans a
+        // statement once, for any parameters): a claim reference is looked up in
+        // `sessions_claim_ref`, and a page's cursor seeks in the primary key. A condition
+        // `(?n IS NULL OR …)` on either would scan the whole table (EXPLAIN QUERY PLAN); an
+        // optional `status` is one, which only filters.
         let status = f.status.map(SessionStatus::as_str);
         let limit = i64::from(f.limit);
-        let rows = match &f.claim_ref {
-            Some(claim_ref) => {
+        let rows = match (&f.claim_ref, &f.before_id) {
+            (Some(claim_ref), before) => {
                 sqlx::query_as!(
                     SessionRow,
                     r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer,
-                    webhook_url, token_salt, created_at, expires_at, started_at, closed_at,
-                    closed_by
-                   FROM sessions
-                   WHERE claim_ref = ?1 AND (?2 IS NULL OR status = ?2)
-                     AND id < COALESCE(?3, '~')
-                   ORDER BY id DESC LIMIT ?4"#,
+                        webhook_url, token_salt, created_at, expires_at, started_at, closed_at,
+                        closed_by
+                       FROM sessions
+                       WHERE claim_ref = ?1 AND (?2 IS NULL OR status = ?2)
+                         AND (?3 IS NULL OR id < ?3)
+                       ORDER BY id DESC LIMIT ?4"#,
                     claim_ref,
                     status,
-                    f.before_id,
+                    before,
                     limit
                 )
                 .fetch_all(&db.read)
                 .await
             }
-            None => {
+            (None, Some(before)) => {
                 sqlx::query_as!(
                     SessionRow,
                     r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer,
-                    webhook_url, token_salt, created_at, expires_at, started_at, closed_at,
-                    closed_by
-                   FROM sessions
-                   WHERE (?1 IS NULL OR status = ?1) AND id < COALESCE(?2, '~')
-                   ORDER BY id DESC LIMIT ?3"#,
+                        webhook_url, token_salt, created_at, expires_at, started_at, closed_at,
+                        closed_by
+                       FROM sessions
+                       WHERE (?1 IS NULL OR status = ?1) AND id < ?2
+                       ORDER BY id DESC LIMIT ?3"#,
                     status,
-                    f.before_id,
+                    before,
+                    limit
+                )
+                .fetch_all(&db.read)
+                .await
+            }
+            (None, None) => {
+                sqlx::query_as!(
+                    SessionRow,
+                    r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer,
+                        webhook_url, token_salt, created_at, expires_at, started_at, closed_at,
+                        closed_by
+                       FROM sessions
+                       WHERE (?1 IS NULL OR status = ?1)
+                       ORDER BY id DESC LIMIT ?2"#,
+                    status,
                     limit
                 )
                 .fetch_all(&db.read)

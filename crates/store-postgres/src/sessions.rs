@@ -112,24 +112,61 @@ pub async fn get_session(pool: &PgPool, id: &str) -> Result<Option<SessionRow>> 
 }
 
 pub async fn list_sessions(pool: &PgPool, f: &ListFilter) -> Result<Vec<SessionRow>> {
-    // One statement for every filter: a filter left out binds NULL and matches every row.
-    sqlx::query_as!(
-        SessionRow,
-        r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer, webhook_url,
-         token_salt, created_at, expires_at, started_at, closed_at, closed_by
-         FROM sessions
-         WHERE ($1::text IS NULL OR status = $1)
-           AND ($2::text IS NULL OR claim_ref = $2)
-           AND ($3::text IS NULL OR id < $3)
-         ORDER BY id DESC LIMIT $4"#,
-        f.status.map(SessionStatus::as_str),
-        f.claim_ref.as_deref(),
-        f.before_id.as_deref(),
-        i64::from(f.limit)
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(StoreError::classify)
+    // Three static statements, so that a plan PostgreSQL keeps for any parameters (a generic
+    // plan, after a few runs of a prepared statement) still uses the indexes: a claim reference
+    // is looked up in `sessions_claim_ref`, and a page's cursor is a range of the primary key.
+    // An optional `status` is a NULL parameter that matches every row.
+    let status = f.status.map(SessionStatus::as_str);
+    let limit = i64::from(f.limit);
+    let rows = match (&f.claim_ref, &f.before_id) {
+        (Some(claim_ref), before) => {
+            sqlx::query_as!(
+                SessionRow,
+                r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer,
+                 webhook_url, token_salt, created_at, expires_at, started_at, closed_at, closed_by
+                 FROM sessions
+                 WHERE claim_ref = $1 AND ($2::text IS NULL OR status = $2)
+                   AND ($3::text IS NULL OR id < $3)
+                 ORDER BY id DESC LIMIT $4"#,
+                claim_ref,
+                status,
+                before.as_deref(),
+                limit
+            )
+            .fetch_all(pool)
+            .await
+        }
+        (None, Some(before)) => {
+            sqlx::query_as!(
+                SessionRow,
+                r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer,
+                 webhook_url, token_salt, created_at, expires_at, started_at, closed_at, closed_by
+                 FROM sessions
+                 WHERE ($1::text IS NULL OR status = $1) AND id < $2
+                 ORDER BY id DESC LIMIT $3"#,
+                status,
+                before,
+                limit
+            )
+            .fetch_all(pool)
+            .await
+        }
+        (None, None) => {
+            sqlx::query_as!(
+                SessionRow,
+                r#"SELECT id, claim_ref, status AS "status: _", locale, vehicle, customer,
+                 webhook_url, token_salt, created_at, expires_at, started_at, closed_at, closed_by
+                 FROM sessions
+                 WHERE ($1::text IS NULL OR status = $1)
+                 ORDER BY id DESC LIMIT $2"#,
+                status,
+                limit
+            )
+            .fetch_all(pool)
+            .await
+        }
+    };
+    rows.map_err(StoreError::classify)
 }
 
 pub async fn session_by_token(

@@ -1,4 +1,6 @@
-//! Every SQL statement of the service lives below this module.
+//! The service's database. SQLite's statements live below this module, PostgreSQL's in the crate
+//! `capturelink-store-postgres` (named [`postgres`] here), each checked at compile time against
+//! its own backend's schema (docs/SCALING.md, "Statements checked at compile time").
 //!
 //! One SQLite file in the data dir, in WAL mode with `synchronous=FULL`: a write that returned is on
 //! disk. Writes go through a single connection (SQLite has one writer anyway, and a single writer
@@ -29,10 +31,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use events::{Appender, EventRow};
 pub use sessions::{NewSession, SessionRow, SessionStatus, SlotRow};
+
 /// The service's database: the embedded SQLite file (the default) or a PostgreSQL server
-/// (`--database-url postgres://…`; one serving node per database for now, see
-/// [`Store::lock_for_node`]). Every method means the same on both; the SQL of each lives side by
-/// side, SQLite's in this module's files and PostgreSQL's in [`postgres`].
+/// (`--database-url postgres://…`; one node per database unless the nodes share a bus, see
+/// [`Store::lock_for_node`]). Every method means the same on both; SQLite's SQL is in this
+/// module's files, PostgreSQL's in the same-named modules of [`postgres`].
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,

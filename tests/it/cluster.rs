@@ -376,7 +376,7 @@ async fn http_json(method: reqwest::Method, url: String, body: Option<Value>) ->
 }
 
 #[tokio::test]
-async fn a_node_killed_with_9_its_agent_resumes_on_the_other_with_nothing_lost_or_doubled() {
+async fn two_node_processes_relay_and_capture_and_one_killed_with_9_loses_nothing() {
     let Some(shared) = Shared::start().await else {
         return;
     };
@@ -406,6 +406,50 @@ async fn a_node_killed_with_9_its_agent_resumes_on_the_other_with_nothing_lost_o
         expect_in_order(&mut customer, &mut customer_seq, "ack").await;
         let chat = expect_in_order(&mut agent, &mut agent_seq, "chat").await;
         assert_eq!(chat["text"], format!("before {i}"));
+    }
+    // Two processes, nothing shared but the database, the bus and the bucket: guidance from
+    // node A to node B, and a capture uploaded through node B pushed to the agent on node A and
+    // served by either node.
+    agent
+        .send(json!({"type": "guide", "hint": "closer", "id": "g1"}))
+        .await;
+    let guide = expect_in_order(&mut customer, &mut customer_seq, "guide").await;
+    assert_eq!(guide["hint"], "closer");
+    let photo = crate::durability::jpeg(3);
+    let meta = json!({"area": "front_bumper", "angle": "close_up", "source": "agent_frame"});
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!(
+            "{}/api/v1/sessions/{}/captures",
+            b.base,
+            s["id"].as_str().unwrap()
+        ))
+        .bearer_auth(API_KEY)
+        .multipart(capture_form(Some((photo.clone(), "image/jpeg")), &meta))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let stored: Value = res.json().await.unwrap();
+    let created = expect_in_order(&mut agent, &mut agent_seq, "capture.created").await;
+    assert_eq!(created["capture"]["id"], stored["id"]);
+    let created = expect_in_order(&mut customer, &mut customer_seq, "capture.created").await;
+    assert_eq!(created["capture"]["id"], stored["id"]);
+    for base in [&a.base, &b.base] {
+        let image = http
+            .get(format!(
+                "{base}/api/v1/captures/{}/image",
+                stored["id"].as_str().unwrap()
+            ))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(image.status(), 200);
+        assert_eq!(
+            Sha256::digest(image.bytes().await.unwrap()),
+            Sha256::digest(&photo)
+        );
     }
 
     a.kill9();

@@ -402,7 +402,9 @@ async fn keep_node_alive(state: AppState, bus: Arc<crate::bus::Bus>) {
             _ = state.shutdown.cancelled() => break,
             _ = tick.tick() => {}
             Ok(()) = reconnected.changed() => {
-                state.registry.resync().await;
+                // A task of its own: a node with many rooms must not miss its heartbeats.
+                let state = state.clone();
+                tokio::spawn(async move { state.registry.resync().await });
                 continue;
             }
         }

@@ -112,9 +112,9 @@ impl Room {
     }
 
     /// After the bus was down, when what other nodes published meanwhile may be lost: the events
-    /// of each local listener, the end of the session and who is connected are read from the
-    /// database instead. The events come first: an ended session's last events (its
-    /// `session.closed`) are in the log before its connections are closed.
+    /// of each local listener, the end of the session, the newest connection of each role and
+    /// who is connected are read from the database instead. The events come first: an ended
+    /// session's last events (its `session.closed`) are in the log before its connections close.
     pub async fn resync(&self) {
         let mut st = self.state.lock().await;
         if st.retired || !st.loaded || st.ended.is_some() {
@@ -126,13 +126,15 @@ impl Room {
             }
         }
         match self.store.get_session(&self.id).await {
-            Ok(Some(row)) if !row.status_at(now_ms()).is_open() => {
+            Ok(Some(row)) => {
                 let status = row.status_at(now_ms());
-                st.ended = Some(status);
-                self.close_all(&mut st, status);
-                return;
+                if !status.is_open() {
+                    st.ended = Some(status);
+                    self.close_all(&mut st, status);
+                    return;
+                }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(session = %self.id, error = %e, "could not re-read the session")
             }

@@ -300,6 +300,12 @@ impl Registry {
     /// Several nodes, after the bus was down: every live room reads what it may have missed
     /// (see [`Room::resync`]).
     pub async fn resync(&self) {
+        // A round trip first: the client makes its subscriptions again before anything queued
+        // after the reconnection, so once the server has answered, whatever is published after
+        // the log is read below reaches the rooms.
+        if let Some(bus) = self.bus() {
+            bus.flush().await;
+        }
         let rooms: Vec<Arc<Room>> = self.lock().values().cloned().collect();
         for room in rooms {
             room.resync().await;

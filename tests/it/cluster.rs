@@ -192,16 +192,15 @@ async fn expect_in_order(c: &mut Client, last: &mut i64, kind: &str) -> Value {
     }
 }
 
-async fn presence(node: &TestServer, id: &str) -> Value {
-    let res = node
-        .http
-        .get(node.url(&format!("/api/v1/sessions/{id}")))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.json::<Value>().await.unwrap()["presence"].clone()
+/// The session's presence as the node at `base` reports it.
+async fn presence(base: &str, id: &str) -> Value {
+    http_json(
+        reqwest::Method::GET,
+        format!("{base}/api/v1/sessions/{id}"),
+        None,
+    )
+    .await["presence"]
+        .clone()
 }
 
 #[tokio::test]
@@ -226,7 +225,7 @@ async fn agent_and_customer_on_two_nodes_pair_relay_and_capture() {
     assert_eq!(joined["role"], "customer");
     for node in [&a, &b] {
         assert_eq!(
-            presence(node, &s.id).await,
+            presence(&node.url(""), &s.id).await,
             json!({"agent": true, "customer": true})
         );
     }
@@ -316,7 +315,7 @@ async fn agent_and_customer_on_two_nodes_pair_relay_and_capture() {
     assert_eq!(customer.expect_close().await.0, 4009);
     for node in [&a, &b] {
         assert_eq!(
-            presence(node, &s.id).await,
+            presence(&node.url(""), &s.id).await,
             json!({"agent": false, "customer": false})
         );
     }
@@ -327,14 +326,25 @@ async fn a_newer_connection_on_another_node_replaces_the_older_with_4008() {
     let Some(shared) = Shared::start().await else {
         return;
     };
-    let a = shared.node().await;
-    let b = shared.node().await;
-    let s = a.session().await;
-    let (mut old, _) = a.join(&s.agent_token).await;
-    let (mut customer, welcome) = b.join(&s.customer_token).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = shared.node_process(dir_a.path()).await;
+    let b = shared.node_process(dir_b.path()).await;
+    let s = http_json(
+        reqwest::Method::POST,
+        format!("{}/api/v1/sessions", a.base),
+        Some(json!({"claim_ref": "CLM-4008"})),
+    )
+    .await;
+    let (id, agent_token, customer_token) = (
+        s["id"].as_str().unwrap(),
+        s["agent_token"].as_str().unwrap(),
+        s["customer_token"].as_str().unwrap(),
+    );
+    let (mut old, _) = join_base(&a.base, agent_token, None).await;
+    let (mut customer, welcome) = join_base(&b.base, customer_token, None).await;
     let mut customer_seq = welcome["last_seq"].as_i64().unwrap();
 
-    let (mut newer, welcome) = b.join(&s.agent_token).await;
+    let (mut newer, welcome) = join_base(&b.base, agent_token, None).await;
     assert_eq!(welcome["peer_present"], true);
     let (code, _) = old.expect_close().await;
     assert_eq!(code, 4008, "the older connection, on node A, is replaced");
@@ -355,9 +365,9 @@ async fn a_newer_connection_on_another_node_replaces_the_older_with_4008() {
     newer.ws.close(None).await.unwrap();
     let left = expect_in_order(&mut customer, &mut customer_seq, "peer.left").await;
     assert_eq!(left["reason"], "closed");
-    for node in [&a, &b] {
+    for base in [&a.base, &b.base] {
         assert_eq!(
-            presence(node, &s.id).await,
+            presence(base, id).await,
             json!({"agent": false, "customer": true})
         );
     }

@@ -192,6 +192,22 @@ async fn expect_in_order(c: &mut Client, last: &mut i64, kind: &str) -> Value {
     }
 }
 
+/// The node at `base` serves the capture's image, byte for byte `photo`.
+async fn assert_serves_image(base: &str, capture_id: &str, photo: &[u8]) {
+    let res = reqwest::Client::new()
+        .get(format!("{base}/api/v1/captures/{capture_id}/image"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        Sha256::digest(res.bytes().await.unwrap()),
+        Sha256::digest(photo),
+        "the image from {base}"
+    );
+}
+
 /// The session's presence as the node at `base` reports it.
 async fn presence(base: &str, id: &str) -> Value {
     http_json(
@@ -282,22 +298,7 @@ async fn agent_and_customer_on_two_nodes_pair_relay_and_capture() {
     let created = expect_in_order(&mut customer, &mut customer_seq, "capture.created").await;
     assert_eq!(created["capture"]["id"], stored["id"]);
     for node in [&a, &b] {
-        let res = node
-            .http
-            .get(node.url(&format!(
-                "/api/v1/captures/{}/image",
-                stored["id"].as_str().unwrap()
-            )))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        let bytes = res.bytes().await.unwrap();
-        assert_eq!(
-            hex::encode(Sha256::digest(&bytes)),
-            hex::encode(Sha256::digest(&photo))
-        );
+        assert_serves_image(&node.url(""), stored["id"].as_str().unwrap(), &photo).await;
     }
 
     // Closed through node B: both are told and closed with 4009, whichever node holds them.
@@ -446,20 +447,7 @@ async fn two_node_processes_relay_and_capture_and_one_killed_with_9_loses_nothin
     let created = expect_in_order(&mut customer, &mut customer_seq, "capture.created").await;
     assert_eq!(created["capture"]["id"], stored["id"]);
     for base in [&a.base, &b.base] {
-        let image = http
-            .get(format!(
-                "{base}/api/v1/captures/{}/image",
-                stored["id"].as_str().unwrap()
-            ))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(image.status(), 200);
-        assert_eq!(
-            Sha256::digest(image.bytes().await.unwrap()),
-            Sha256::digest(&photo)
-        );
+        assert_serves_image(base, stored["id"].as_str().unwrap(), &photo).await;
     }
 
     a.kill9();
